@@ -1,5 +1,216 @@
-//! SenseGate's data plane.
+//! SenseGate's data plane: QUIC ingest, the router and its replay rings, SSE
+//! egress, and the plugin API ([`access`]) through which the control plane
+//! tells it who may do what.
+//!
+//! The broker knows nothing of SQL, secrets or the admin. A [`Broker`] is
+//! built from a [`BrokerConfig`], fed [`access::Snapshot`]s through its
+//! [`access::AccessSink`] implementation, and exposes its HTTP surface as an
+//! axum router that the binary merges with the admin's.
 #![warn(missing_docs)]
 
 pub mod access;
+pub mod event;
+mod ingest;
+pub mod metrics;
+pub mod router;
+mod stream;
+pub mod subscriber;
+pub mod tls;
 pub mod token;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use crate::access::{AccessSink, AccessTable, Snapshot, SnapshotError};
+use crate::event::EventIds;
+use crate::metrics::Metrics;
+use crate::router::{RingConfig, Router};
+use crate::subscriber::OverflowPolicy;
+
+/// Broker configuration. Defaults are stated on each field.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// Where the boot epoch and the QUIC certificate live.
+    pub data_dir: PathBuf,
+    /// UDP address of the QUIC listener (port 0 picks one).
+    pub quic_addr: SocketAddr,
+    /// Expected `iss` of access tokens.
+    pub issuer: String,
+    /// Silence after which a stream gets a keep-alive comment (default 15 s).
+    pub heartbeat: Duration,
+    /// Replay ring bounds (default 10,000 events / 15 minutes per device).
+    pub ring: RingConfig,
+    /// Events a subscriber's queue holds before it drops the oldest (default 8,192).
+    pub subscriber_queue: usize,
+    /// What a subscriber whose queue overflowed gets (default drop-oldest + gap).
+    pub overflow: OverflowPolicy,
+    /// Router shards (default 64).
+    pub shards: usize,
+}
+
+impl BrokerConfig {
+    /// Defaults for everything but the data dir, addresses and issuer.
+    pub fn new(data_dir: PathBuf, quic_addr: SocketAddr, issuer: String) -> Self {
+        BrokerConfig {
+            data_dir,
+            quic_addr,
+            issuer,
+            heartbeat: Duration::from_secs(15),
+            ring: RingConfig::default(),
+            subscriber_queue: 8192,
+            overflow: OverflowPolicy::DropOldest,
+            shards: 64,
+        }
+    }
+}
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BrokerError {
+    /// The data dir could not be used.
+    #[error("data dir: {0}")]
+    DataDir(#[from] event::EpochError),
+    /// The data dir could not be created.
+    #[error("creating data dir {0}: {1}")]
+    CreateDir(String, #[source] std::io::Error),
+    /// Certificate problems.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The QUIC socket could not be bound.
+    #[error("binding QUIC on {0}: {1}")]
+    Bind(SocketAddr, #[source] std::io::Error),
+}
+
+/// State shared by the ingest tasks and the HTTP handlers.
+pub(crate) struct Shared {
+    pub(crate) cfg: BrokerConfig,
+    pub(crate) router: Router,
+    pub(crate) access: ArcSwap<AccessTable>,
+    /// Bumped after every table swap; open sessions and streams re-check.
+    pub(crate) access_version: tokio::sync::watch::Sender<u64>,
+    pub(crate) metrics: Metrics,
+}
+
+/// The broker. Cheap to clone.
+#[derive(Clone)]
+pub struct Broker {
+    shared: Arc<Shared>,
+}
+
+/// A running QUIC listener.
+pub struct Listener {
+    /// The bound address.
+    pub addr: SocketAddr,
+    /// SHA-256 fingerprint of the certificate it presents.
+    pub fingerprint: String,
+    /// Whether the certificate was generated during this start.
+    pub generated_cert: bool,
+    /// Path of the certificate (PEM) devices can trust.
+    pub cert_path: PathBuf,
+    endpoint: quinn::Endpoint,
+}
+
+impl Listener {
+    /// Stops accepting and closes every device session.
+    pub fn close(&self) {
+        self.endpoint.close(
+            sensegate_ingest_proto::RejectCode::ShuttingDown.as_u32().into(),
+            b"broker shutting down",
+        );
+    }
+}
+
+impl Broker {
+    /// Prepares the broker (data dir, boot epoch); nothing is bound yet.
+    pub fn new(cfg: BrokerConfig) -> Result<Self, BrokerError> {
+        std::fs::create_dir_all(&cfg.data_dir)
+            .map_err(|e| BrokerError::CreateDir(cfg.data_dir.display().to_string(), e))?;
+        let ids = EventIds::load(&cfg.data_dir)?;
+        let router = Router::new(cfg.shards, ids, cfg.ring);
+        let (access_version, _) = tokio::sync::watch::channel(0);
+        Ok(Broker {
+            shared: Arc::new(Shared {
+                router,
+                access: ArcSwap::from_pointee(AccessTable::default()),
+                access_version,
+                metrics: Metrics::new(),
+                cfg,
+            }),
+        })
+    }
+
+    /// The metrics registry, for other components to register into.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// The version of the permission table in force.
+    pub fn access_version(&self) -> u64 {
+        self.shared.access.load().version
+    }
+
+    /// Binds the QUIC listener (creating the certificate on first start) and
+    /// starts accepting devices.
+    pub fn start_ingest(&self) -> Result<Listener, BrokerError> {
+        let identity = tls::load_or_create(&self.shared.cfg.data_dir)?;
+        let server = identity.server_config()?;
+        let addr = self.shared.cfg.quic_addr;
+        let endpoint =
+            quinn::Endpoint::server(server, addr).map_err(|e| BrokerError::Bind(addr, e))?;
+        let bound = endpoint.local_addr().map_err(|e| BrokerError::Bind(addr, e))?;
+        tokio::spawn(ingest::accept_loop(endpoint.clone(), self.shared.clone()));
+        Ok(Listener {
+            addr: bound,
+            fingerprint: identity.fingerprint,
+            generated_cert: identity.generated,
+            cert_path: self.shared.cfg.data_dir.join("cert.pem"),
+            endpoint,
+        })
+    }
+
+    /// The broker's HTTP surface: `/v1/stream/telemetry`, `/metrics`, `/healthz`.
+    pub fn routes(&self) -> axum::Router {
+        axum::Router::new()
+            .route("/v1/stream/telemetry", get(stream::stream_telemetry))
+            .route("/metrics", get(metrics_handler))
+            .route("/healthz", get(|| async { "ok\n" }))
+            .with_state(self.shared.clone())
+    }
+}
+
+impl AccessSink for Broker {
+    fn install(&self, snapshot: Snapshot) -> Result<(), SnapshotError> {
+        let table = AccessTable::compile(&snapshot)?;
+        let current = self.shared.access.load();
+        if table.version <= current.version && current.version != 0 {
+            return Ok(());
+        }
+        self.shared.access.store(Arc::new(table));
+        self.shared.access_version.send_replace(snapshot.version);
+        Ok(())
+    }
+}
+
+async fn metrics_handler(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        shared.metrics.render(),
+    )
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
