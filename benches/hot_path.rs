@@ -1,1 +1,152 @@
-fn main() {}
+//! Micro-benchmarks of the hot path: frame encode and validate, event JSON
+//! rendering, router fan-out, and access-token verification.
+//!
+//! `cargo bench --bench hot_path` (add `-- --quick` for a short run).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use sensegate_broker::access::DeviceKey;
+use sensegate_broker::event::{EventIds, PendingEvent};
+use sensegate_broker::router::{RingConfig, Router};
+use sensegate_broker::subscriber::Subscriber;
+use sensegate_ingest_proto::{
+    encode_frame, validate_telemetry, Kind, Reading, Telemetry, FRAME_HEADER_LEN,
+};
+
+fn sample(seq: u64) -> Telemetry {
+    Telemetry {
+        seq,
+        ts_ms: 1_386_018_900_000,
+        kind: Kind::Reading,
+        readings: vec![
+            Reading {
+                name: "temperature".into(),
+                value: 73.967_322_07,
+            },
+            Reading {
+                name: "vibration".into(),
+                value: 0.213,
+            },
+        ],
+    }
+}
+
+fn frame(seq: u64) -> Bytes {
+    let mut buf = Vec::new();
+    encode_frame(&sample(seq), &mut buf);
+    Bytes::from(buf).slice(FRAME_HEADER_LEN..)
+}
+
+fn codec(c: &mut Criterion) {
+    let mut g = c.benchmark_group("codec");
+    g.throughput(Throughput::Elements(1));
+    let event = sample(1);
+    let mut buf = Vec::with_capacity(256);
+    g.bench_function("encode_frame", |b| {
+        b.iter(|| {
+            buf.clear();
+            encode_frame(&event, &mut buf);
+        })
+    });
+    let payload = frame(1);
+    g.bench_function("validate_telemetry", |b| {
+        b.iter(|| validate_telemetry(&payload).unwrap().seq)
+    });
+    g.bench_function("render_event", |b| {
+        b.iter(|| {
+            let t = validate_telemetry(&payload).unwrap();
+            PendingEvent::render("machine-1", t, payload.clone())
+        })
+    });
+    g.finish();
+}
+
+/// Events per publish call in the fan-out benches (one ingest read's worth).
+const BATCH: u64 = 64;
+
+fn pendings(payload: &Bytes, first_seq: u64) -> Vec<PendingEvent> {
+    let t = validate_telemetry(payload).unwrap();
+    (0..BATCH)
+        .map(|i| {
+            let mut p = PendingEvent::render("machine-1", t, payload.clone());
+            p.seq = first_seq + i;
+            p
+        })
+        .collect()
+}
+
+fn fan_out(c: &mut Criterion) {
+    let payload = frame(1);
+    let mut g = c.benchmark_group("router_publish_one_device");
+    for subs in [1usize, 100, 10_000] {
+        let router = Router::new(64, EventIds::with_epoch(1), RingConfig::default());
+        let device = DeviceKey::new("t", "machine-1");
+        let subscribers: Vec<Arc<Subscriber>> = (0..subs)
+            .map(|_| Arc::new(Subscriber::new(1024, true, true, true)))
+            .collect();
+        for s in &subscribers {
+            router.subscribe(s, [&device]);
+        }
+        let slot = router.slot_or_create(&device);
+        let mut seq = 1;
+        // Deliveries per iteration: BATCH events to every subscriber, and
+        // every subscriber drains its queue (the consumer's pop is part of
+        // the per-subscriber cost).
+        g.throughput(Throughput::Elements(BATCH * subs as u64));
+        g.bench_function(format!("{subs}_subscribers"), |b| {
+            b.iter_batched(
+                || {
+                    let p = pendings(&payload, seq);
+                    seq += BATCH;
+                    p
+                },
+                |batch| {
+                    router.publish(&slot, batch);
+                    for s in &subscribers {
+                        while s.pop().is_some() {}
+                    }
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("router_publish_many_devices");
+    let devices = 10_000usize;
+    let router = Router::new(64, EventIds::with_epoch(1), RingConfig::default());
+    let keys: Vec<DeviceKey> = (0..devices)
+        .map(|i| DeviceKey::new("t", &format!("d{i}")))
+        .collect();
+    let subscribers: Vec<Arc<Subscriber>> = keys
+        .iter()
+        .map(|k| {
+            let s = Arc::new(Subscriber::new(1024, true, true, true));
+            router.subscribe(&s, [k]);
+            s
+        })
+        .collect();
+    let slots: Vec<_> = keys.iter().map(|k| router.slot_or_create(k)).collect();
+    let t = validate_telemetry(&payload).unwrap();
+    let mut seq = 1;
+    g.throughput(Throughput::Elements(devices as u64));
+    g.bench_function("10000_devices_1_subscriber_each", |b| {
+        b.iter(|| {
+            for slot in &slots {
+                let mut p = PendingEvent::render("d", t, payload.clone());
+                p.seq = seq;
+                router.publish(slot, [p]);
+            }
+            seq += 1;
+            for s in &subscribers {
+                while s.pop().is_some() {}
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, codec, fan_out);
+criterion_main!(benches);

@@ -1,1 +1,70 @@
-fn main() {}
+//! The `sensegate` binary: composes the broker and the admin behind one CLI.
+//!
+//! - `sensegate serve [--demo]`: everything in one process on embedded
+//!   defaults (SQLite file, self-signed QUIC certificate, 127.0.0.1).
+//! - `sensegate publish`: a device from the shell (JSON lines over QUIC).
+
+mod demo;
+mod publish;
+mod serve;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// SenseGate: devices push telemetry over QUIC; external applications stream
+/// exactly the devices they may see over Server-Sent Events.
+#[derive(Debug, Parser)]
+#[command(name = "sensegate", version, about)]
+struct Cli {
+    /// Log output format.
+    #[arg(
+        long,
+        global = true,
+        env = "SENSEGATE_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the broker and the admin in one process.
+    Serve(serve::ServeArgs),
+    /// Send JSON-lines telemetry as one device over QUIC and wait for the acks.
+    Publish(publish::PublishArgs),
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SENSEGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::Publish(args) => publish::run(args).await,
+        }
+    })
+}

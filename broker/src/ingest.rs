@@ -19,8 +19,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use sensegate_ingest_proto::{
     decode_frame, encode_frame, validate_hello, validate_telemetry, FrameError, RejectCode,
-    ServerMsg, FRAME_HEADER_LEN, MAX_CONTROL_FRAME_LEN, MAX_TELEMETRY_FRAME_LEN,
-    PROTOCOL_VERSION,
+    ServerMsg, FRAME_HEADER_LEN, MAX_CONTROL_FRAME_LEN, MAX_TELEMETRY_FRAME_LEN, PROTOCOL_VERSION,
 };
 use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
@@ -71,39 +70,43 @@ impl End {
 
 async fn run_connection(conn: quinn::Connection, shared: Arc<Shared>) {
     let remote = conn.remote_address();
-    let (mut send, mut recv) =
-        match tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi()).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                debug!(%remote, error = %e, "device left before opening a stream");
-                return;
-            }
-            Err(_) => {
-                shared.metrics.session("timeout");
-                conn.close(RejectCode::Malformed.as_u32().into(), b"no hello");
-                return;
-            }
-        };
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
-    let (device, key_hash) =
-        match tokio::time::timeout(HELLO_TIMEOUT, hello(&mut recv, &mut buf, &shared)).await {
-        Ok(Ok(authenticated)) => authenticated,
-        Ok(Err(end)) => {
-            shared.metrics.session(match end.code {
-                RejectCode::Unauthorized => "unauthorized",
-                RejectCode::UnsupportedVersion => "unsupported_version",
-                _ => "malformed",
-            });
-            info!(%remote, reason = %end.reason, "device session refused");
-            reject(&conn, &mut send, end).await;
+    let (mut send, mut recv) = match tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi()).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            debug!(%remote, error = %e, "device left before opening a stream");
             return;
         }
         Err(_) => {
             shared.metrics.session("timeout");
-            reject(&conn, &mut send, End::new(RejectCode::Malformed, "hello timed out")).await;
+            conn.close(RejectCode::Malformed.as_u32().into(), b"no hello");
             return;
         }
     };
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let (device, key_hash) =
+        match tokio::time::timeout(HELLO_TIMEOUT, hello(&mut recv, &mut buf, &shared)).await {
+            Ok(Ok(authenticated)) => authenticated,
+            Ok(Err(end)) => {
+                shared.metrics.session(match end.code {
+                    RejectCode::Unauthorized => "unauthorized",
+                    RejectCode::UnsupportedVersion => "unsupported_version",
+                    _ => "malformed",
+                });
+                info!(%remote, reason = %end.reason, "device session refused");
+                reject(&conn, &mut send, end).await;
+                return;
+            }
+            Err(_) => {
+                shared.metrics.session("timeout");
+                reject(
+                    &conn,
+                    &mut send,
+                    End::new(RejectCode::Malformed, "hello timed out"),
+                )
+                .await;
+                return;
+            }
+        };
     let slot = shared.router.slot_or_create(&device);
     if let Some(old) = slot.session.lock().replace(conn.clone()) {
         old.close(
@@ -128,7 +131,10 @@ async fn run_connection(conn: quinn::Connection, shared: Arc<Shared>) {
     shared.metrics.devices_connected.dec();
     {
         let mut current = slot.session.lock();
-        if current.as_ref().is_some_and(|c| c.stable_id() == conn.stable_id()) {
+        if current
+            .as_ref()
+            .is_some_and(|c| c.stable_id() == conn.stable_id())
+        {
             *current = None;
         }
     }
@@ -161,7 +167,8 @@ async fn hello(
         }
     };
     let frame = buf.split_to(range.end);
-    let h = validate_hello(&frame[range]).map_err(|e| End::new(RejectCode::Malformed, e.to_string()))?;
+    let h = validate_hello(&frame[range])
+        .map_err(|e| End::new(RejectCode::Malformed, e.to_string()))?;
     if h.version.to_native() != PROTOCOL_VERSION {
         return Err(End::new(
             RejectCode::UnsupportedVersion,

@@ -123,7 +123,9 @@ impl Listener {
     /// Stops accepting and closes every device session.
     pub fn close(&self) {
         self.endpoint.close(
-            sensegate_ingest_proto::RejectCode::ShuttingDown.as_u32().into(),
+            sensegate_ingest_proto::RejectCode::ShuttingDown
+                .as_u32()
+                .into(),
             b"broker shutting down",
         );
     }
@@ -166,7 +168,9 @@ impl Broker {
         let addr = self.shared.cfg.quic_addr;
         let endpoint =
             quinn::Endpoint::server(server, addr).map_err(|e| BrokerError::Bind(addr, e))?;
-        let bound = endpoint.local_addr().map_err(|e| BrokerError::Bind(addr, e))?;
+        let bound = endpoint
+            .local_addr()
+            .map_err(|e| BrokerError::Bind(addr, e))?;
         tokio::spawn(ingest::accept_loop(endpoint.clone(), self.shared.clone()));
         Ok(Listener {
             addr: bound,
@@ -203,7 +207,10 @@ impl AccessSink for Broker {
 async fn metrics_handler(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     (
         StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         shared.metrics.render(),
     )
 }

@@ -93,11 +93,8 @@ impl Metrics {
                 "Events dropped because a subscriber's queue was full",
             )
             .expect("valid metric"),
-            gaps_sent: IntCounter::new(
-                "sensegate_stream_gaps_total",
-                "gap events sent to streams",
-            )
-            .expect("valid metric"),
+            gaps_sent: IntCounter::new("sensegate_stream_gaps_total", "gap events sent to streams")
+                .expect("valid metric"),
             delivery_latency: Histogram::with_opts(
                 HistogramOpts::new(
                     "sensegate_delivery_latency_seconds",

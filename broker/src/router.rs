@@ -218,7 +218,10 @@ impl Router {
         sub: &Arc<Subscriber>,
         devices: impl IntoIterator<Item = &'a DeviceKey>,
     ) -> u64 {
-        let slots: Vec<_> = devices.into_iter().map(|d| self.slot_or_create(d)).collect();
+        let slots: Vec<_> = devices
+            .into_iter()
+            .map(|d| self.slot_or_create(d))
+            .collect();
         let ids = self.sequencer.lock();
         for slot in slots {
             let mut next = Vec::clone(&slot.subscribers.load());
@@ -433,7 +436,9 @@ mod tests {
     #[test]
     fn concurrent_publishers_keep_every_queue_in_id_order() {
         let r = Arc::new(router());
-        let devices: Vec<_> = (0..4).map(|i| DeviceKey::new("t", &format!("d{i}"))).collect();
+        let devices: Vec<_> = (0..4)
+            .map(|i| DeviceKey::new("t", &format!("d{i}")))
+            .collect();
         let s = Arc::new(Subscriber::new(100_000, false, true, true));
         r.subscribe(&s, devices.iter());
         let handles: Vec<_> = devices

@@ -195,19 +195,21 @@ pub(crate) async fn stream_telemetry(
                 } else {
                     "replay-evicted"
                 };
-                write_gap(&mut first, reason, Some(after), r.evicted_through.max(after));
+                write_gap(
+                    &mut first,
+                    reason,
+                    Some(after),
+                    r.evicted_through.max(after),
+                );
                 shared.metrics.gaps_sent.inc();
             }
-            r.events
-                .into_iter()
-                .filter(|e| sub.wants(e.kind))
-                .collect()
+            r.events.into_iter().filter(|e| sub.wants(e.kind)).collect()
         }
     };
     let gauge = shared.metrics.subscribers("sse");
     gauge.inc();
-    let deadline = Instant::now()
-        + Duration::from_millis(u64::try_from(claims.exp * 1000 - now).unwrap_or(0));
+    let deadline =
+        Instant::now() + Duration::from_millis(u64::try_from(claims.exp * 1000 - now).unwrap_or(0));
     let egress = Egress {
         versions: shared.access_version.subscribe(),
         shared: shared.clone(),
@@ -227,7 +229,10 @@ pub(crate) async fn stream_telemetry(
     }));
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     resp
@@ -287,7 +292,9 @@ struct Egress {
 
 impl Drop for Egress {
     fn drop(&mut self) {
-        self.shared.router.unsubscribe(&self.sub, self.devices.iter());
+        self.shared
+            .router
+            .unsubscribe(&self.sub, self.devices.iter());
         self.gauge.dec();
     }
 }
@@ -333,12 +340,19 @@ impl Egress {
     fn fill(&mut self, out: &mut BytesMut) {
         let mut n = 0;
         while n < MAX_BATCH {
-            let Some(ev) = self.replay.pop_front() else { break };
+            let Some(ev) = self.replay.pop_front() else {
+                break;
+            };
             write_event(out, &ev);
             n += 1;
         }
         if let Some(lost) = self.sub.take_lost() {
-            write_gap(out, "slow-consumer", Some(lost.from_id.saturating_sub(1)), lost.to_id);
+            write_gap(
+                out,
+                "slow-consumer",
+                Some(lost.from_id.saturating_sub(1)),
+                lost.to_id,
+            );
             self.shared.metrics.gaps_sent.inc();
             if self.shared.cfg.overflow == OverflowPolicy::Disconnect {
                 self.done = true;
@@ -437,7 +451,10 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(bearer(&h, &q), Some("q"));
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("bEaReR abc"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bEaReR abc"),
+        );
         assert_eq!(bearer(&h, &q), Some("abc"));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
         assert_eq!(bearer(&h, &q), None);

@@ -54,7 +54,8 @@ pub fn load_or_create(dir: &Path) -> Result<Identity, TlsError> {
     if generated {
         let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
             .map_err(|e| TlsError::Tls(e.to_string()))?;
-        write_private(&key_path, ck.signing_key.serialize_pem().as_bytes()).map_err(io(&key_path))?;
+        write_private(&key_path, ck.signing_key.serialize_pem().as_bytes())
+            .map_err(io(&key_path))?;
         std::fs::write(&cert_path, ck.cert.pem()).map_err(io(&cert_path))?;
     }
     let cert_pem = std::fs::read(&cert_path).map_err(io(&cert_path))?;
@@ -89,10 +90,12 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// Lower-case hex.
 pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 impl Identity {

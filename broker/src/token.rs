@@ -84,7 +84,8 @@ pub fn verify<'t>(
     table: &'t AccessTable,
     now_ms: i64,
 ) -> Result<(Claims, &'t AppAccess), TokenError> {
-    let header = jsonwebtoken::decode_header(token).map_err(|e| TokenError::Invalid(e.to_string()))?;
+    let header =
+        jsonwebtoken::decode_header(token).map_err(|e| TokenError::Invalid(e.to_string()))?;
     if header.alg != Algorithm::EdDSA {
         return Err(TokenError::Invalid("unexpected algorithm".into()));
     }

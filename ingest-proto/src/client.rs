@@ -107,6 +107,18 @@ pub fn client_config(trust: Trust) -> Result<quinn::ClientConfig, ClientError> {
     Ok(config)
 }
 
+/// A client endpoint on an ephemeral local UDP port, of the same address
+/// family as `server`.
+pub fn endpoint_for(server: SocketAddr) -> Result<quinn::Endpoint, ClientError> {
+    let bind: SocketAddr = if server.is_ipv6() {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    quinn::Endpoint::client(bind)
+        .map_err(|e| ClientError::Config(format!("opening a UDP socket: {e}")))
+}
+
 /// One device's live session with the broker.
 pub struct DeviceSession {
     conn: quinn::Connection,
@@ -264,8 +276,8 @@ async fn read_msg(
     buf: &mut Vec<u8>,
 ) -> Result<Option<ServerMsg>, ClientError> {
     loop {
-        if let Some(range) =
-            decode_frame(buf, MAX_CONTROL_FRAME_LEN).map_err(|e| ClientError::Protocol(e.to_string()))?
+        if let Some(range) = decode_frame(buf, MAX_CONTROL_FRAME_LEN)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?
         {
             let msg = match validate_server_msg(&buf[range.clone()])
                 .map_err(|e| ClientError::Protocol(e.to_string()))?

@@ -121,9 +121,7 @@ pub fn decode_frame(
 fn access<T>(payload: &[u8]) -> Result<&T, FrameError>
 where
     T: rkyv::Portable
-        + for<'a> rkyv::bytecheck::CheckBytes<
-            rkyv::api::high::HighValidator<'a, rancor::Error>,
-        >,
+        + for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rancor::Error>>,
 {
     rkyv::access::<T, rancor::Error>(payload).map_err(|e| FrameError::Invalid(e.to_string()))
 }

@@ -1,0 +1,318 @@
+//! One harness for every end-to-end test: starts the real `sensegate`
+//! binary on ephemeral ports with a temporary data dir, and talks to it over
+//! real sockets (HTTP with reqwest, QUIC through `sensegate publish`).
+
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use serde_json::{json, Value};
+
+/// The admin key every test server is bootstrapped with.
+pub(crate) const ADMIN_KEY: &str = "sg-test-admin-key-0123456789abcdef0123456789abcdef";
+
+/// A running `sensegate serve`.
+pub(crate) struct Server {
+    child: Child,
+    pub(crate) http: SocketAddr,
+    pub(crate) quic: SocketAddr,
+    pub(crate) data_dir: tempfile::TempDir,
+    /// Everything the process wrote to stdout and stderr so far.
+    pub(crate) output: Arc<Mutex<String>>,
+    pub(crate) client: reqwest::Client,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// Starts `sensegate serve` with extra arguments.
+    pub(crate) fn start(extra: &[&str]) -> Server {
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sensegate"))
+            .args([
+                "serve",
+                "--http-addr",
+                "127.0.0.1:0",
+                "--quic-addr",
+                "127.0.0.1:0",
+            ])
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .args(extra)
+            .env("SENSEGATE_BOOTSTRAP_ADMIN_KEY", ADMIN_KEY)
+            .env("SENSEGATE_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sensegate");
+        let output = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        for (pipe, tx) in [
+            (Box::new(stdout) as Box<dyn std::io::Read + Send>, Some(tx)),
+            (Box::new(stderr), None),
+        ] {
+            let output = output.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if let (Some(tx), Some(rest)) = (&tx, line.strip_prefix("listening ")) {
+                        let _ = tx.send(rest.to_owned());
+                    }
+                    let mut out = output.lock().unwrap();
+                    out.push_str(&line);
+                    out.push('\n');
+                }
+            });
+        }
+        let line = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => line,
+            Err(_) => panic!(
+                "server did not print its listening line; output:\n{}",
+                output.lock().unwrap()
+            ),
+        };
+        let addr = |key: &str| -> SocketAddr {
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(key))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+        };
+        Server {
+            http: addr("http="),
+            quic: addr("quic="),
+            child,
+            data_dir,
+            output,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    pub(crate) fn cert_path(&self) -> PathBuf {
+        self.data_dir.path().join("cert.pem")
+    }
+
+    /// An admin API call; returns status and JSON body (Null if none).
+    pub(crate) async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .client
+            .request(method, self.url(path))
+            .bearer_auth(ADMIN_KEY);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("admin request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Creates a device; returns its ingest key.
+    pub(crate) async fn create_device(&self, id: &str) -> String {
+        let (status, body) = self
+            .admin(
+                reqwest::Method::POST,
+                "/api/v1/devices",
+                Some(json!({ "id": id, "name": format!("Device {id}") })),
+            )
+            .await;
+        assert_eq!(status, 201, "create device {id}: {body}");
+        body["ingestKey"].as_str().expect("ingestKey").to_owned()
+    }
+
+    /// Creates an application; returns (client id, client secret).
+    pub(crate) async fn create_app(
+        &self,
+        name: &str,
+        devices: &[&str],
+        include_anomalies: bool,
+    ) -> (String, String) {
+        let (status, body) = self
+            .admin(
+                reqwest::Method::POST,
+                "/api/v1/applications",
+                Some(json!({
+                    "name": name,
+                    "expiresAt": "2099-01-01T00:00:00Z",
+                    "includeAnomalies": include_anomalies,
+                    "devices": devices,
+                    "deviceGroups": [],
+                })),
+            )
+            .await;
+        assert_eq!(status, 201, "create application {name}: {body}");
+        (
+            body["clientId"].as_str().expect("clientId").to_owned(),
+            body["clientSecret"]
+                .as_str()
+                .expect("clientSecret")
+                .to_owned(),
+        )
+    }
+
+    /// Exchanges client credentials for an access token.
+    pub(crate) async fn token(&self, client_id: &str, secret: &str) -> String {
+        let resp = self
+            .client
+            .post(self.url("/connect/token"))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", client_id),
+                ("client_secret", secret),
+            ])
+            .send()
+            .await
+            .expect("token request");
+        assert_eq!(resp.status(), 200);
+        let body: Value = resp.json().await.expect("token json");
+        body["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_owned()
+    }
+
+    /// Opens an SSE stream; panics unless it answers 200 text/event-stream.
+    pub(crate) async fn open_stream(&self, token: &str, query: &str) -> SseStream {
+        let resp = self
+            .client
+            .get(self.url(&format!("/v1/stream/telemetry{query}")))
+            .header("Accept", "text/event-stream")
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("stream request");
+        assert_eq!(resp.status(), 200, "stream status");
+        assert_eq!(
+            resp.headers()["content-type"].to_str().unwrap(),
+            "text/event-stream"
+        );
+        SseStream::new(resp)
+    }
+
+    /// Runs `sensegate publish` for `device` with the given JSON lines.
+    pub(crate) fn publish(&self, device: &str, key: &str, lines: &str) -> std::process::Output {
+        let file = self.data_dir.path().join(format!("publish-{device}.jsonl"));
+        std::fs::write(&file, lines).expect("write lines");
+        Command::new(env!("CARGO_BIN_EXE_sensegate"))
+            .arg("publish")
+            .arg("--server")
+            .arg(self.quic.to_string())
+            .args(["--device", device, "--key", key, "--ca"])
+            .arg(self.cert_path())
+            .arg(&file)
+            .output()
+            .expect("run publish")
+    }
+}
+
+/// One parsed SSE record.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SseEvent {
+    pub(crate) id: Option<String>,
+    pub(crate) event: String,
+    pub(crate) data: String,
+}
+
+impl SseEvent {
+    pub(crate) fn json(&self) -> Value {
+        serde_json::from_str(&self.data).unwrap_or_else(|e| panic!("bad data {:?}: {e}", self.data))
+    }
+}
+
+/// An SSE response body, parsed incrementally.
+pub(crate) struct SseStream {
+    body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buf: String,
+    /// Comment lines seen (heartbeats, `connected`).
+    pub(crate) comments: Vec<String>,
+}
+
+impl SseStream {
+    pub(crate) fn new(resp: reqwest::Response) -> Self {
+        SseStream {
+            body: Box::pin(resp.bytes_stream()),
+            buf: String::new(),
+            comments: Vec::new(),
+        }
+    }
+
+    /// The next event (comments are collected, not returned); `None` at the
+    /// end of the stream or after `timeout` of silence.
+    pub(crate) async fn next(&mut self, timeout: Duration) -> Option<SseEvent> {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let record: String = self.buf.drain(..end + 2).collect();
+                let mut ev = SseEvent::default();
+                let mut is_event = false;
+                for line in record.lines() {
+                    if let Some(c) = line.strip_prefix(':') {
+                        self.comments.push(c.trim().to_owned());
+                    } else if let Some((field, value)) = line.split_once(':') {
+                        let value = value.strip_prefix(' ').unwrap_or(value);
+                        match field {
+                            "id" => ev.id = Some(value.to_owned()),
+                            "event" => {
+                                ev.event = value.to_owned();
+                                is_event = true;
+                            }
+                            "data" => {
+                                ev.data.push_str(value);
+                                is_event = true;
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                if is_event {
+                    return Some(ev);
+                }
+                continue;
+            }
+            match tokio::time::timeout(timeout, self.body.next()).await {
+                Ok(Some(Ok(chunk))) => self.buf.push_str(&String::from_utf8_lossy(&chunk)),
+                _ => return None,
+            }
+        }
+    }
+
+    /// Collects events until `done` says stop; panics after `timeout` of silence.
+    pub(crate) async fn collect_until(
+        &mut self,
+        timeout: Duration,
+        mut done: impl FnMut(&[SseEvent]) -> bool,
+    ) -> Vec<SseEvent> {
+        let mut out = Vec::new();
+        while !done(&out) {
+            match self.next(timeout).await {
+                Some(ev) => out.push(ev),
+                None => panic!("stream went quiet after {} events", out.len()),
+            }
+        }
+        out
+    }
+}
+
+/// Path of a file under `tests/data`.
+pub(crate) fn data(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(path)
+}

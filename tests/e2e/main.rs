@@ -1,0 +1,7 @@
+//! End-to-end tests: the real binary over real sockets. Each module is named
+//! after the failure it prevents.
+
+mod harness;
+
+mod stream_refuses_bad_credentials;
+mod telemetry_reaches_only_permitted_applications;
