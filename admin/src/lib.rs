@@ -1,1 +1,156 @@
-//! placeholder
+//! SenseGate's control plane: tenants, devices, device groups, external
+//! applications and their OAuth2 client credentials, access-token issuance,
+//! the admin REST API, storage, and the permission feed pushed into the
+//! broker.
+//!
+//! # Invariants
+//!
+//! - Every mutation runs in one SQL transaction that also bumps the feed
+//!   version (`feed_state`), and the resulting full [`Snapshot`] is installed
+//!   into the broker's [`AccessSink`] **before** the HTTP response is sent,
+//!   under one async mutex, so snapshots reach the broker in version order and
+//!   a client that got its answer sees the change on the data plane.
+//! - Secrets (client secrets, device ingest keys, admin keys) carry 256 bits
+//!   from the OS CSPRNG, are shown once, stored as SHA-256 only, compared in
+//!   constant time and never logged.
+//! - Every API call is scoped to the tenant of the admin key that made it.
+//! - The schema is portable: the same SQL runs on SQLite and PostgreSQL
+//!   through sqlx's `Any` driver.
+#![warn(missing_docs)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sensegate_broker::access::{AccessSink, Snapshot};
+
+mod api;
+mod apps;
+mod audit;
+mod db;
+mod demo;
+mod devices;
+mod error;
+mod feed;
+mod groups;
+mod keys;
+mod limiter;
+mod secret;
+mod tenants;
+mod token;
+mod validate;
+
+pub use audit::AuditEntry;
+pub use error::AdminError;
+pub use tenants::{AdminKeyInfo, TenantInfo};
+
+/// How the admin is set up. Built by the binary from its flags/environment.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// `sqlite://<data_dir>/sensegate.db?mode=rwc` (the embedded default) or
+    /// `postgres://…`.
+    pub database_url: String,
+    /// The public base URL, e.g. `http://127.0.0.1:8080`: the tokens' `iss`,
+    /// and the base of the URLs in the discovery document.
+    pub issuer: String,
+    /// Lifetime of an access token (3600 s by default).
+    pub token_ttl: Duration,
+    /// On first start, the admin key to create (from
+    /// `SENSEGATE_BOOTSTRAP_ADMIN_KEY`); a random one is generated if `None`.
+    pub bootstrap_admin_key: Option<String>,
+}
+
+/// The control plane. Cheap to clone: every clone shares one state.
+#[derive(Clone)]
+pub struct Admin {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: sqlx::AnyPool,
+    cfg: AdminConfig,
+    sink: Arc<dyn AccessSink>,
+    /// Serialises "change, commit, build snapshot, install" so snapshots are
+    /// installed in version order. Held across `.await` (it is async).
+    feed: tokio::sync::Mutex<()>,
+    /// Key ids in the last installed snapshot: a signing key made by another
+    /// process (the CLI) is published before the first token it signs.
+    published_kids: parking_lot::Mutex<Vec<String>>,
+    limiter: limiter::Limiter,
+    signer: keys::SignerCache,
+}
+
+/// Fresh credentials of the demo setup, for the binary to print.
+#[derive(Debug, Clone)]
+pub struct DemoSeed {
+    /// The demo application's Client ID.
+    pub client_id: String,
+    /// The demo application's Client Secret (just rotated).
+    pub client_secret: String,
+    /// `(device id, ingest key)` of each demo device (keys just rotated).
+    pub devices: Vec<(String, String)>,
+}
+
+impl Admin {
+    /// Connects, runs the embedded migrations, and on an empty database
+    /// creates tenant `default` and one admin key (the configured bootstrap
+    /// key, or a random one); creates the Ed25519 signing key if there is
+    /// none; installs the first snapshot into `sink`.
+    ///
+    /// Returns the admin and, when a random admin key was generated now,
+    /// that key (the caller prints it once: only its hash is stored).
+    pub async fn open(
+        cfg: AdminConfig,
+        sink: Arc<dyn AccessSink>,
+    ) -> Result<(Admin, Option<String>), AdminError> {
+        if cfg.token_ttl.as_secs() == 0 {
+            return Err(AdminError::Config(
+                "token TTL must be at least one second".into(),
+            ));
+        }
+        let pool = db::connect(&cfg.database_url).await?;
+        let admin = Admin {
+            inner: Arc::new(Inner {
+                pool,
+                cfg,
+                sink,
+                feed: tokio::sync::Mutex::new(()),
+                published_kids: parking_lot::Mutex::new(Vec::new()),
+                limiter: limiter::Limiter::default(),
+                signer: keys::SignerCache::default(),
+            }),
+        };
+        let generated = admin.bootstrap().await?;
+        Ok((admin, generated))
+    }
+
+    /// The axum router for the admin API (`/api/v1/…`), the token endpoint
+    /// (`/connect/token`) and the discovery documents
+    /// (`/.well-known/jwks.json`, `/.well-known/openid-configuration`).
+    ///
+    /// The token endpoint's per-address brute-force limit needs the peer
+    /// address: serve with
+    /// `into_make_service_with_connect_info::<std::net::SocketAddr>()`.
+    pub fn router(&self) -> axum::Router {
+        api::router(self.clone())
+    }
+
+    /// The full current permission snapshot, read from the database.
+    pub async fn snapshot(&self) -> Result<Snapshot, AdminError> {
+        let mut conn = self.inner.pool.acquire().await?;
+        feed::build(&mut conn, self.now_ms(), self.ttl_ms()).await
+    }
+
+    fn now_ms(&self) -> i64 {
+        now_ms()
+    }
+
+    fn ttl_ms(&self) -> i64 {
+        i64::try_from(self.inner.cfg.token_ttl.as_millis()).unwrap_or(i64::MAX)
+    }
+}
+
+/// Milliseconds since the Unix epoch, from the wall clock.
+pub(crate) fn now_ms() -> i64 {
+    let now = time::OffsetDateTime::now_utc();
+    i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,555 @@
+//! External applications: OAuth2 clients that stream the devices they are
+//! allowed to see.
+//!
+//! Lifecycle and what it does to access tokens already issued (the broker
+//! checks every token against the live snapshot, see
+//! `sensegate_broker::token::verify`):
+//! - **disable** / **delete** / **expiry**: the token endpoint refuses the
+//!   client (`invalid_client`) and every token already issued stops working.
+//! - **rotate secret**: the old secret stops working at once, and so do the
+//!   access tokens issued under it — the secret generation is bumped and
+//!   tokens carry the generation they were issued under (`sgen`). A leaked
+//!   secret therefore cannot keep a stream alive past the rotation.
+//! - **edit** (devices, groups, anomalies): open streams follow the new
+//!   permissions at once; the token's `devices` claim is informational.
+
+use serde::Serialize;
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+
+use crate::audit::{self, Event};
+use crate::db::{self, flag, Page};
+use crate::error::{conflict_on_unique, AdminError};
+use crate::tenants::Caller;
+use crate::validate::{self, Name};
+use crate::{secret, Admin};
+
+/// A list row.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct AppSummary {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) created_at: String,
+    pub(crate) status: &'static str,
+    pub(crate) expires_at: String,
+    pub(crate) expired: bool,
+}
+
+/// Every configured property (never the secret, except once at creation or
+/// rotation in `client_secret`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct AppView {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) created_at: String,
+    pub(crate) updated_at: String,
+    pub(crate) status: &'static str,
+    pub(crate) expires_at: String,
+    pub(crate) expired: bool,
+    pub(crate) include_anomalies: bool,
+    pub(crate) devices: Vec<String>,
+    pub(crate) device_groups: Vec<String>,
+    pub(crate) client_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) client_secret: Option<String>,
+}
+
+/// A validated create request.
+pub(crate) struct NewApp {
+    pub(crate) name: Name,
+    pub(crate) expires_at_ms: i64,
+    pub(crate) include_anomalies: bool,
+    pub(crate) devices: Vec<String>,
+    pub(crate) groups: Vec<String>,
+}
+
+/// A validated edit: `None` leaves the field as it is.
+pub(crate) struct AppPatch {
+    pub(crate) name: Option<Name>,
+    pub(crate) include_anomalies: Option<bool>,
+    pub(crate) devices: Option<Vec<String>>,
+    pub(crate) groups: Option<Vec<String>>,
+}
+
+/// What the token endpoint needs to know about a client.
+pub(crate) struct Client {
+    pub(crate) tenant: String,
+    pub(crate) id: String,
+    pub(crate) secret_sha256: String,
+    pub(crate) enabled: bool,
+    pub(crate) expires_at_ms: i64,
+    pub(crate) include_anomalies: bool,
+    pub(crate) secret_generation: u64,
+}
+
+const COLS: &str =
+    "id, name, client_id, enabled, include_anomalies, expires_at, created_at, updated_at";
+const NAME_TAKEN: &str = "an application with this name already exists";
+
+fn status(enabled: bool) -> &'static str {
+    if enabled {
+        "enabled"
+    } else {
+        "disabled"
+    }
+}
+
+fn summary(r: &AnyRow, now: i64) -> Result<AppSummary, AdminError> {
+    let expires: i64 = r.try_get("expires_at")?;
+    Ok(AppSummary {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        created_at: validate::format_ms(r.try_get("created_at")?),
+        status: status(flag(r, "enabled")?),
+        expires_at: validate::format_ms(expires),
+        expired: now >= expires,
+    })
+}
+
+async fn id_column(
+    conn: &mut AnyConnection,
+    sql: &str,
+    app: &str,
+) -> Result<Vec<String>, AdminError> {
+    let rows = sqlx::query(sql).bind(app).fetch_all(&mut *conn).await?;
+    rows.iter()
+        .map(|r| Ok(r.try_get::<String, _>(0)?))
+        .collect()
+}
+
+async fn fetch(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    id: &str,
+    now: i64,
+) -> Result<AppView, AdminError> {
+    let r = sqlx::query(&format!(
+        "SELECT {COLS} FROM applications WHERE tenant_id = $1 AND id = $2"
+    ))
+    .bind(tenant)
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| AdminError::NotFound(format!("application {id}")))?;
+    let expires: i64 = r.try_get("expires_at")?;
+    let devices = id_column(
+        conn,
+        "SELECT device_id FROM application_devices WHERE app_id = $1 ORDER BY device_id",
+        id,
+    )
+    .await?;
+    let device_groups = id_column(
+        conn,
+        "SELECT group_id FROM application_groups WHERE app_id = $1 ORDER BY group_id",
+        id,
+    )
+    .await?;
+    Ok(AppView {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        created_at: validate::format_ms(r.try_get("created_at")?),
+        updated_at: validate::format_ms(r.try_get("updated_at")?),
+        status: status(flag(&r, "enabled")?),
+        expires_at: validate::format_ms(expires),
+        expired: now >= expires,
+        include_anomalies: flag(&r, "include_anomalies")?,
+        devices,
+        device_groups,
+        client_id: r.try_get("client_id")?,
+        client_secret: None,
+    })
+}
+
+/// Replaces the application's direct devices after checking they exist.
+async fn set_devices(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    app: &str,
+    ids: &[String],
+) -> Result<(), AdminError> {
+    let missing = db::missing_ids(conn, "devices", tenant, ids).await?;
+    if !missing.is_empty() {
+        return Err(AdminError::invalid(
+            "devices",
+            format!("unknown device ids: {}", missing.join(", ")),
+        ));
+    }
+    sqlx::query("DELETE FROM application_devices WHERE app_id = $1")
+        .bind(app)
+        .execute(&mut *conn)
+        .await?;
+    for d in ids {
+        sqlx::query(
+            "INSERT INTO application_devices (tenant_id, app_id, device_id) VALUES ($1, $2, $3)",
+        )
+        .bind(tenant)
+        .bind(app)
+        .bind(d)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Replaces the application's groups after checking they exist.
+async fn set_groups(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    app: &str,
+    ids: &[String],
+) -> Result<(), AdminError> {
+    let missing = db::missing_ids(conn, "device_groups", tenant, ids).await?;
+    if !missing.is_empty() {
+        return Err(AdminError::invalid(
+            "deviceGroups",
+            format!("unknown device group ids: {}", missing.join(", ")),
+        ));
+    }
+    sqlx::query("DELETE FROM application_groups WHERE app_id = $1")
+        .bind(app)
+        .execute(&mut *conn)
+        .await?;
+    for g in ids {
+        sqlx::query(
+            "INSERT INTO application_groups (tenant_id, app_id, group_id) VALUES ($1, $2, $3)",
+        )
+        .bind(tenant)
+        .bind(app)
+        .bind(g)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Inserts an application; returns `(id, client id, client secret)`.
+pub(crate) async fn insert(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    a: &NewApp,
+    now: i64,
+) -> Result<(String, String, String), AdminError> {
+    let id = uuid::Uuid::now_v7().to_string();
+    let client_id = secret::client_id();
+    let client_secret = secret::generate(secret::CLIENT_SECRET_PREFIX);
+    sqlx::query(
+        "INSERT INTO applications (id, tenant_id, name, name_key, client_id, secret_sha256, \
+         secret_generation, enabled, include_anomalies, expires_at, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, 1, 1, $7, $8, $9, $10)",
+    )
+    .bind(&id)
+    .bind(tenant)
+    .bind(&a.name.display)
+    .bind(&a.name.key)
+    .bind(&client_id)
+    .bind(secret::sha256_hex(&client_secret))
+    .bind(i64::from(a.include_anomalies))
+    .bind(a.expires_at_ms)
+    .bind(now)
+    .bind(now)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| conflict_on_unique(e, NAME_TAKEN))?;
+    set_devices(conn, tenant, &id, &a.devices).await?;
+    set_groups(conn, tenant, &id, &a.groups).await?;
+    Ok((id, client_id, client_secret))
+}
+
+/// Gives the application a new secret and bumps its secret generation;
+/// returns the new secret.
+pub(crate) async fn rotate_secret(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    id: &str,
+    now: i64,
+) -> Result<String, AdminError> {
+    let client_secret = secret::generate(secret::CLIENT_SECRET_PREFIX);
+    let done = sqlx::query(
+        "UPDATE applications SET secret_sha256 = $1, secret_generation = secret_generation + 1, \
+         updated_at = $2 WHERE tenant_id = $3 AND id = $4",
+    )
+    .bind(secret::sha256_hex(&client_secret))
+    .bind(now)
+    .bind(tenant)
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(AdminError::NotFound(format!("application {id}")));
+    }
+    Ok(client_secret)
+}
+
+/// The application named `name_key` in `tenant`, if any.
+pub(crate) async fn find_by_name(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    name_key: &str,
+) -> Result<Option<String>, AdminError> {
+    Ok(
+        sqlx::query("SELECT id FROM applications WHERE tenant_id = $1 AND name_key = $2")
+            .bind(tenant)
+            .bind(name_key)
+            .fetch_optional(&mut *conn)
+            .await?
+            .map(|r| r.try_get::<String, _>(0))
+            .transpose()?,
+    )
+}
+
+impl Admin {
+    pub(crate) async fn create_app(
+        &self,
+        caller: &Caller,
+        a: NewApp,
+    ) -> Result<AppView, AdminError> {
+        let now = self.now_ms();
+        if a.expires_at_ms <= now {
+            return Err(AdminError::invalid("expiresAt", "must be in the future"));
+        }
+        let mut change = self.change().await?;
+        let (id, _, client_secret) = insert(change.conn(), &caller.tenant, &a, now).await?;
+        audit::record(
+            change.conn(),
+            &Event::new(
+                &caller.tenant,
+                caller.actor.clone(),
+                "application.create",
+                "application",
+                &id,
+            ),
+        )
+        .await?;
+        let mut v = fetch(change.conn(), &caller.tenant, &id, now).await?;
+        change.commit().await?;
+        v.client_secret = Some(client_secret);
+        Ok(v)
+    }
+
+    pub(crate) async fn list_apps(
+        &self,
+        tenant: &str,
+        page: &Page,
+    ) -> Result<(Vec<AppSummary>, Option<String>), AdminError> {
+        let now = self.now_ms();
+        let (sql, args) = db::page_query(COLS, "applications", tenant, page);
+        let mut conn = self.inner.pool.acquire().await?;
+        let rows = db::bind_all(sqlx::query(&sql), &args)
+            .fetch_all(&mut *conn)
+            .await?;
+        let mut keyed = Vec::with_capacity(rows.len());
+        for r in &rows {
+            keyed.push((r.try_get::<i64, _>("created_at")?, summary(r, now)?));
+        }
+        let next = audit::page_cursor(&mut keyed, page.limit, |(at, v)| {
+            db::encode_cursor(*at, &v.id)
+        });
+        Ok((keyed.into_iter().map(|(_, v)| v).collect(), next))
+    }
+
+    pub(crate) async fn get_app(&self, tenant: &str, id: &str) -> Result<AppView, AdminError> {
+        let mut conn = self.inner.pool.acquire().await?;
+        fetch(&mut conn, tenant, id, self.now_ms()).await
+    }
+
+    pub(crate) async fn update_app(
+        &self,
+        caller: &Caller,
+        id: &str,
+        p: AppPatch,
+    ) -> Result<AppView, AdminError> {
+        let now = self.now_ms();
+        let mut change = self.change().await?;
+        fetch(change.conn(), &caller.tenant, id, now).await?;
+        let mut fields = Vec::new();
+        if let Some(n) = &p.name {
+            sqlx::query(
+                "UPDATE applications SET name = $1, name_key = $2 WHERE tenant_id = $3 AND id = $4",
+            )
+            .bind(&n.display)
+            .bind(&n.key)
+            .bind(&caller.tenant)
+            .bind(id)
+            .execute(change.conn())
+            .await
+            .map_err(|e| conflict_on_unique(e, NAME_TAKEN))?;
+            fields.push("name");
+        }
+        if let Some(inc) = p.include_anomalies {
+            sqlx::query(
+                "UPDATE applications SET include_anomalies = $1 WHERE tenant_id = $2 AND id = $3",
+            )
+            .bind(i64::from(inc))
+            .bind(&caller.tenant)
+            .bind(id)
+            .execute(change.conn())
+            .await?;
+            fields.push("includeAnomalies");
+        }
+        if let Some(d) = &p.devices {
+            set_devices(change.conn(), &caller.tenant, id, d).await?;
+            fields.push("devices");
+        }
+        if let Some(g) = &p.groups {
+            set_groups(change.conn(), &caller.tenant, id, g).await?;
+            fields.push("deviceGroups");
+        }
+        sqlx::query("UPDATE applications SET updated_at = $1 WHERE tenant_id = $2 AND id = $3")
+            .bind(now)
+            .bind(&caller.tenant)
+            .bind(id)
+            .execute(change.conn())
+            .await?;
+        audit::record(
+            change.conn(),
+            &Event::new(
+                &caller.tenant,
+                caller.actor.clone(),
+                "application.update",
+                "application",
+                id,
+            )
+            .detail(serde_json::json!({ "fields": fields })),
+        )
+        .await?;
+        let v = fetch(change.conn(), &caller.tenant, id, now).await?;
+        change.commit().await?;
+        Ok(v)
+    }
+
+    pub(crate) async fn delete_app(&self, caller: &Caller, id: &str) -> Result<(), AdminError> {
+        let mut change = self.change().await?;
+        let done = sqlx::query("DELETE FROM applications WHERE tenant_id = $1 AND id = $2")
+            .bind(&caller.tenant)
+            .bind(id)
+            .execute(change.conn())
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(AdminError::NotFound(format!("application {id}")));
+        }
+        audit::record(
+            change.conn(),
+            &Event::new(
+                &caller.tenant,
+                caller.actor.clone(),
+                "application.delete",
+                "application",
+                id,
+            ),
+        )
+        .await?;
+        change.commit().await
+    }
+
+    pub(crate) async fn rotate_app_secret(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<AppView, AdminError> {
+        let now = self.now_ms();
+        let mut change = self.change().await?;
+        let client_secret = rotate_secret(change.conn(), &caller.tenant, id, now).await?;
+        audit::record(
+            change.conn(),
+            &Event::new(
+                &caller.tenant,
+                caller.actor.clone(),
+                "application.rotate_secret",
+                "application",
+                id,
+            ),
+        )
+        .await?;
+        let mut v = fetch(change.conn(), &caller.tenant, id, now).await?;
+        change.commit().await?;
+        v.client_secret = Some(client_secret);
+        Ok(v)
+    }
+
+    pub(crate) async fn set_app_enabled(
+        &self,
+        caller: &Caller,
+        id: &str,
+        enabled: bool,
+    ) -> Result<AppView, AdminError> {
+        let now = self.now_ms();
+        let mut change = self.change().await?;
+        let done = sqlx::query(
+            "UPDATE applications SET enabled = $1, updated_at = $2 WHERE tenant_id = $3 AND id = $4",
+        )
+        .bind(i64::from(enabled))
+        .bind(now)
+        .bind(&caller.tenant)
+        .bind(id)
+        .execute(change.conn())
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(AdminError::NotFound(format!("application {id}")));
+        }
+        let action = if enabled {
+            "application.enable"
+        } else {
+            "application.disable"
+        };
+        audit::record(
+            change.conn(),
+            &Event::new(
+                &caller.tenant,
+                caller.actor.clone(),
+                action,
+                "application",
+                id,
+            ),
+        )
+        .await?;
+        let v = fetch(change.conn(), &caller.tenant, id, now).await?;
+        change.commit().await?;
+        Ok(v)
+    }
+
+    /// The client behind `client_id`, for the token endpoint.
+    pub(crate) async fn client(&self, client_id: &str) -> Result<Option<Client>, AdminError> {
+        let mut conn = self.inner.pool.acquire().await?;
+        let Some(r) = sqlx::query(
+            "SELECT tenant_id, id, secret_sha256, enabled, expires_at, include_anomalies, \
+             secret_generation FROM applications WHERE client_id = $1",
+        )
+        .bind(client_id)
+        .fetch_optional(&mut *conn)
+        .await?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(Client {
+            tenant: r.try_get("tenant_id")?,
+            id: r.try_get("id")?,
+            secret_sha256: r.try_get("secret_sha256")?,
+            enabled: flag(&r, "enabled")?,
+            expires_at_ms: r.try_get("expires_at")?,
+            include_anomalies: flag(&r, "include_anomalies")?,
+            secret_generation: u64::try_from(r.try_get::<i64, _>("secret_generation")?)
+                .unwrap_or(0),
+        }))
+    }
+
+    /// The devices an application sees now: direct ones plus current group
+    /// members, sorted.
+    pub(crate) async fn resolved_devices(&self, app: &str) -> Result<Vec<String>, AdminError> {
+        let mut conn = self.inner.pool.acquire().await?;
+        let rows = sqlx::query(
+            "SELECT device_id FROM application_devices WHERE app_id = $1 \
+             UNION SELECT m.device_id FROM application_groups g JOIN group_members m \
+             ON m.tenant_id = g.tenant_id AND m.group_id = g.group_id WHERE g.app_id = $2 \
+             ORDER BY 1",
+        )
+        .bind(app)
+        .bind(app)
+        .fetch_all(&mut *conn)
+        .await?;
+        rows.iter()
+            .map(|r| Ok(r.try_get::<String, _>(0)?))
+            .collect()
+    }
+}

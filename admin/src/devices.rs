@@ -1,0 +1,331 @@
+//! Devices: identity, ingest key, enabled flag, free-form metadata.
+//!
+//! Deleting a device also removes it from every group and application that
+//! named it (foreign keys cascade), so the broker stops routing it at once.
+
+use serde::Serialize;
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+
+use crate::audit::{self, Event};
+use crate::db::{self, flag, Page};
+use crate::error::{conflict_on_unique, AdminError};
+use crate::tenants::Caller;
+use crate::validate::{self, Name};
+use crate::{secret, Admin};
+
+/// A device as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct DeviceView {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) metadata: serde_json::Value,
+    pub(crate) enabled: bool,
+    pub(crate) created_at: String,
+    pub(crate) updated_at: String,
+    /// Present only in the response that created or rotated it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) ingest_key: Option<String>,
+}
+
+/// A validated create request.
+pub(crate) struct NewDevice {
+    pub(crate) id: String,
+    pub(crate) name: Name,
+    pub(crate) metadata: serde_json::Value,
+}
+
+/// A validated edit: `None` leaves the field as it is.
+pub(crate) struct DevicePatch {
+    pub(crate) name: Option<Name>,
+    pub(crate) metadata: Option<serde_json::Value>,
+}
+
+const COLS: &str = "id, name, metadata, enabled, created_at, updated_at";
+
+fn view(r: &AnyRow) -> Result<DeviceView, AdminError> {
+    let metadata: String = r.try_get("metadata")?;
+    Ok(DeviceView {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        metadata: serde_json::from_str(&metadata).unwrap_or_default(),
+        enabled: flag(r, "enabled")?,
+        created_at: validate::format_ms(r.try_get("created_at")?),
+        updated_at: validate::format_ms(r.try_get("updated_at")?),
+        ingest_key: None,
+    })
+}
+
+/// Checks device metadata: a JSON object of bounded size.
+pub(crate) fn metadata(v: serde_json::Value) -> Result<serde_json::Value, AdminError> {
+    if !v.is_object() {
+        return Err(AdminError::invalid("metadata", "must be a JSON object"));
+    }
+    if v.to_string().len() > validate::MAX_METADATA_BYTES {
+        return Err(AdminError::invalid(
+            "metadata",
+            format!("must be at most {} bytes", validate::MAX_METADATA_BYTES),
+        ));
+    }
+    Ok(v)
+}
+
+pub(crate) async fn fetch(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    id: &str,
+) -> Result<DeviceView, AdminError> {
+    let row = sqlx::query(&format!(
+        "SELECT {COLS} FROM devices WHERE tenant_id = $1 AND id = $2"
+    ))
+    .bind(tenant)
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| AdminError::NotFound(format!("device {id}")))?;
+    view(&row)
+}
+
+/// Inserts a device with a fresh ingest key; returns the key.
+pub(crate) async fn insert(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    d: &NewDevice,
+    now: i64,
+) -> Result<String, AdminError> {
+    let key = secret::generate(secret::DEVICE_KEY_PREFIX);
+    sqlx::query(
+        "INSERT INTO devices (tenant_id, id, name, name_key, metadata, key_sha256, enabled, \
+         created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $8)",
+    )
+    .bind(tenant)
+    .bind(&d.id)
+    .bind(&d.name.display)
+    .bind(&d.name.key)
+    .bind(d.metadata.to_string())
+    .bind(secret::sha256_hex(&key))
+    .bind(now)
+    .bind(now)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| conflict_on_unique(e, "a device with this id already exists"))?;
+    Ok(key)
+}
+
+/// Replaces a device's ingest key; returns the new key.
+pub(crate) async fn rotate_key(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    id: &str,
+    now: i64,
+) -> Result<String, AdminError> {
+    let key = secret::generate(secret::DEVICE_KEY_PREFIX);
+    let done = sqlx::query(
+        "UPDATE devices SET key_sha256 = $1, updated_at = $2 WHERE tenant_id = $3 AND id = $4",
+    )
+    .bind(secret::sha256_hex(&key))
+    .bind(now)
+    .bind(tenant)
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(AdminError::NotFound(format!("device {id}")));
+    }
+    Ok(key)
+}
+
+impl Admin {
+    pub(crate) async fn create_device(
+        &self,
+        caller: &Caller,
+        d: NewDevice,
+    ) -> Result<DeviceView, AdminError> {
+        let now = self.now_ms();
+        let mut change = self.change().await?;
+        let key = insert(change.conn(), &caller.tenant, &d, now).await?;
+        audit::record(
+            change.conn(),
+            &Event::new(
+                &caller.tenant,
+                caller.actor.clone(),
+                "device.create",
+                "device",
+                &d.id,
+            ),
+        )
+        .await?;
+        let mut v = fetch(change.conn(), &caller.tenant, &d.id).await?;
+        change.commit().await?;
+        v.ingest_key = Some(key);
+        Ok(v)
+    }
+
+    pub(crate) async fn list_devices(
+        &self,
+        tenant: &str,
+        page: &Page,
+    ) -> Result<(Vec<DeviceView>, Option<String>), AdminError> {
+        let (sql, args) = db::page_query(COLS, "devices", tenant, page);
+        let mut conn = self.inner.pool.acquire().await?;
+        let rows = db::bind_all(sqlx::query(&sql), &args)
+            .fetch_all(&mut *conn)
+            .await?;
+        let mut keyed = Vec::with_capacity(rows.len());
+        for r in &rows {
+            keyed.push((r.try_get::<i64, _>("created_at")?, view(r)?));
+        }
+        let next = audit::page_cursor(&mut keyed, page.limit, |(at, v)| {
+            db::encode_cursor(*at, &v.id)
+        });
+        Ok((keyed.into_iter().map(|(_, v)| v).collect(), next))
+    }
+
+    pub(crate) async fn get_device(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<DeviceView, AdminError> {
+        let mut conn = self.inner.pool.acquire().await?;
+        fetch(&mut conn, tenant, id).await
+    }
+
+    pub(crate) async fn update_device(
+        &self,
+        caller: &Caller,
+        id: &str,
+        patch: DevicePatch,
+    ) -> Result<DeviceView, AdminError> {
+        let now = self.now_ms();
+        let mut change = self.change().await?;
+        fetch(change.conn(), &caller.tenant, id).await?;
+        let mut fields = Vec::new();
+        if let Some(n) = &patch.name {
+            sqlx::query(
+                "UPDATE devices SET name = $1, name_key = $2 WHERE tenant_id = $3 AND id = $4",
+            )
+            .bind(&n.display)
+            .bind(&n.key)
+            .bind(&caller.tenant)
+            .bind(id)
+            .execute(change.conn())
+            .await?;
+            fields.push("name");
+        }
+        if let Some(m) = &patch.metadata {
+            sqlx::query("UPDATE devices SET metadata = $1 WHERE tenant_id = $2 AND id = $3")
+                .bind(m.to_string())
+                .bind(&caller.tenant)
+                .bind(id)
+                .execute(change.conn())
+                .await?;
+            fields.push("metadata");
+        }
+        sqlx::query("UPDATE devices SET updated_at = $1 WHERE tenant_id = $2 AND id = $3")
+            .bind(now)
+            .bind(&caller.tenant)
+            .bind(id)
+            .execute(change.conn())
+            .await?;
+        audit::record(
+            change.conn(),
+            &Event::new(
+                &caller.tenant,
+                caller.actor.clone(),
+                "device.update",
+                "device",
+                id,
+            )
+            .detail(serde_json::json!({ "fields": fields })),
+        )
+        .await?;
+        let v = fetch(change.conn(), &caller.tenant, id).await?;
+        change.commit().await?;
+        Ok(v)
+    }
+
+    pub(crate) async fn delete_device(&self, caller: &Caller, id: &str) -> Result<(), AdminError> {
+        let mut change = self.change().await?;
+        let done = sqlx::query("DELETE FROM devices WHERE tenant_id = $1 AND id = $2")
+            .bind(&caller.tenant)
+            .bind(id)
+            .execute(change.conn())
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(AdminError::NotFound(format!("device {id}")));
+        }
+        audit::record(
+            change.conn(),
+            &Event::new(
+                &caller.tenant,
+                caller.actor.clone(),
+                "device.delete",
+                "device",
+                id,
+            ),
+        )
+        .await?;
+        change.commit().await
+    }
+
+    pub(crate) async fn rotate_device_key(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<DeviceView, AdminError> {
+        let now = self.now_ms();
+        let mut change = self.change().await?;
+        let key = rotate_key(change.conn(), &caller.tenant, id, now).await?;
+        audit::record(
+            change.conn(),
+            &Event::new(
+                &caller.tenant,
+                caller.actor.clone(),
+                "device.rotate_key",
+                "device",
+                id,
+            ),
+        )
+        .await?;
+        let mut v = fetch(change.conn(), &caller.tenant, id).await?;
+        change.commit().await?;
+        v.ingest_key = Some(key);
+        Ok(v)
+    }
+
+    pub(crate) async fn set_device_enabled(
+        &self,
+        caller: &Caller,
+        id: &str,
+        enabled: bool,
+    ) -> Result<DeviceView, AdminError> {
+        let now = self.now_ms();
+        let mut change = self.change().await?;
+        let done = sqlx::query(
+            "UPDATE devices SET enabled = $1, updated_at = $2 WHERE tenant_id = $3 AND id = $4",
+        )
+        .bind(i64::from(enabled))
+        .bind(now)
+        .bind(&caller.tenant)
+        .bind(id)
+        .execute(change.conn())
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(AdminError::NotFound(format!("device {id}")));
+        }
+        let action = if enabled {
+            "device.enable"
+        } else {
+            "device.disable"
+        };
+        audit::record(
+            change.conn(),
+            &Event::new(&caller.tenant, caller.actor.clone(), action, "device", id),
+        )
+        .await?;
+        let v = fetch(change.conn(), &caller.tenant, id).await?;
+        change.commit().await?;
+        Ok(v)
+    }
+}

@@ -1,0 +1,539 @@
+//! `POST /connect/token`: the OAuth2 client-credentials grant (RFC 6749
+//! §4.4), with errors as §5.2 says.
+//!
+//! Order of checks, each answered before the next is looked at:
+//! 1. media type `application/x-www-form-urlencoded` (charset, if given,
+//!    UTF-8), body at most [`MAX_BODY`] → else `400 invalid_request`;
+//! 2. no parameter twice (§3.2) → else `invalid_request`; parameters with an
+//!    empty value count as omitted (§3.1);
+//! 3. one client authentication method: HTTP Basic (each part form-decoded
+//!    after splitting at the first colon, §2.3.1) *or* `client_id` +
+//!    `client_secret` in the body → both: `invalid_request`;
+//! 4. `grant_type` present (`invalid_request`) and `client_credentials`
+//!    (`unsupported_grant_type`);
+//! 5. brute-force throttle ([`crate::limiter`]) → `429` + `Retry-After`;
+//! 6. the client: unknown, wrong secret, disabled, deleted or expired all
+//!    give the very same `401 invalid_client` body (with
+//!    `WWW-Authenticate: Basic`), so nothing can be learnt about which.
+//!
+//! Every response carries `Cache-Control: no-store` and `Pragma: no-cache`.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use sensegate_broker::token::{Claims, AUDIENCE};
+
+use crate::audit::{self, Event};
+use crate::error::AdminError;
+use crate::limiter::Key;
+use crate::{secret, Admin};
+
+/// Largest accepted request body: a client-credentials request is a few
+/// hundred bytes.
+pub(crate) const MAX_BODY: usize = 16 * 1024;
+/// Longest client id worth looking up (ours are 26 characters).
+const MAX_CLIENT_ID: usize = 128;
+/// What [`Event`]s about token requests name as their target type.
+const TARGET: &str = "application";
+const FORM: &str = "application/x-www-form-urlencoded";
+
+/// A refusal, per RFC 6749 §5.2.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum OAuthError {
+    InvalidRequest(String),
+    InvalidClient,
+    UnsupportedGrantType,
+    TooManyFailures { retry_after: u64 },
+    Server,
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let (status, code, description) = match &self {
+            OAuthError::InvalidRequest(m) => {
+                (StatusCode::BAD_REQUEST, "invalid_request", m.clone())
+            }
+            OAuthError::InvalidClient => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "client authentication failed".to_string(),
+            ),
+            OAuthError::UnsupportedGrantType => (
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                "only grant_type=client_credentials is supported".to_string(),
+            ),
+            OAuthError::TooManyFailures { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "invalid_request",
+                "too many failed authentication attempts; retry later".to_string(),
+            ),
+            OAuthError::Server => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "internal error".to_string(),
+            ),
+        };
+        let body = serde_json::json!({ "error": code, "error_description": description });
+        let mut res = (status, axum::Json(body)).into_response();
+        let h = res.headers_mut();
+        match self {
+            OAuthError::InvalidClient => {
+                h.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"sensegate\", charset=\"UTF-8\""),
+                );
+            }
+            OAuthError::TooManyFailures { retry_after } => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            }
+            _ => {}
+        }
+        no_store(res)
+    }
+}
+
+impl From<AdminError> for OAuthError {
+    fn from(e: AdminError) -> Self {
+        tracing::error!(error = %e, "token endpoint failed");
+        OAuthError::Server
+    }
+}
+
+/// Adds the no-cache headers every token endpoint response carries.
+pub(crate) fn no_store(mut res: Response) -> Response {
+    let h = res.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    res
+}
+
+/// Any method but POST.
+pub(crate) async fn method_not_allowed() -> Response {
+    let mut res = (
+        StatusCode::METHOD_NOT_ALLOWED,
+        axum::Json(serde_json::json!({
+            "error": "invalid_request",
+            "error_description": "the token endpoint accepts POST only",
+        })),
+    )
+        .into_response();
+    res.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("POST"));
+    no_store(res)
+}
+
+/// `POST /connect/token`.
+pub(crate) async fn endpoint(State(admin): State<Admin>, req: Request) -> Response {
+    match issue(&admin, req).await {
+        Ok(res) => res,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Client credentials as presented.
+#[derive(Debug, PartialEq, Eq)]
+struct Credentials {
+    client_id: Option<String>,
+    client_secret: Option<String>,
+}
+
+/// The parsed, shape-checked request.
+#[derive(Debug, PartialEq, Eq)]
+struct TokenRequest {
+    creds: Credentials,
+}
+
+async fn issue(admin: &Admin, req: Request) -> Result<Response, OAuthError> {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let (parts, body) = req.into_parts();
+    check_media_type(&parts.headers)?;
+    let body = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
+        OAuthError::InvalidRequest(format!("request body over {MAX_BODY} bytes or unreadable"))
+    })?;
+    let request = parse(&parts.headers, &body)?;
+    let (Some(client_id), Some(client_secret)) =
+        (request.creds.client_id, request.creds.client_secret)
+    else {
+        // No (complete) client authentication: nothing to count against.
+        return Err(OAuthError::InvalidClient);
+    };
+    if client_id.len() > MAX_CLIENT_ID {
+        return Err(OAuthError::InvalidClient);
+    }
+    let client_key = Key::Client(client_id.clone());
+    let mut keys = vec![client_key.clone()];
+    if let Some(ip) = peer {
+        keys.push(Key::Addr(ip));
+    }
+    if let Some(retry_after) = admin.inner.limiter.locked(&keys, Instant::now()) {
+        tracing::info!(retry_after, "token request throttled");
+        return Err(OAuthError::TooManyFailures { retry_after });
+    }
+
+    let now_ms = admin.now_ms();
+    let client = admin.client(&client_id).await?;
+    // Hash and compare even for an unknown client, so timing does not tell
+    // whether the id exists.
+    let stored = client
+        .as_ref()
+        .map_or(UNKNOWN_CLIENT_HASH, |c| c.secret_sha256.as_str());
+    let secret_ok = secret::matches(&client_secret, stored);
+    let refusal = match &client {
+        None => Some("unknown_client"),
+        Some(_) if !secret_ok => Some("wrong_secret"),
+        Some(c) if !c.enabled => Some("disabled"),
+        Some(c) if now_ms >= c.expires_at_ms => Some("expired"),
+        Some(_) => None,
+    };
+    let c = match (client, refusal) {
+        (Some(c), None) => c,
+        (client, reason) => {
+            let reason = reason.unwrap_or("unknown_client");
+            if matches!(reason, "unknown_client" | "wrong_secret") {
+                admin.inner.limiter.failure(&keys, Instant::now());
+            }
+            let (tenant, app) = client.map(|c| (c.tenant, c.id)).unzip();
+            let mut conn = admin.inner.pool.acquire().await.map_err(AdminError::from)?;
+            audit::record(
+                &mut conn,
+                &Event {
+                    tenant: tenant.as_deref(),
+                    actor: format!("client:{client_id}"),
+                    action: "token.refuse",
+                    target_type: Some(TARGET),
+                    target_id: app.as_deref(),
+                    detail: Some(serde_json::json!({ "reason": reason })),
+                },
+            )
+            .await?;
+            tracing::info!(reason, "token request refused");
+            return Err(OAuthError::InvalidClient);
+        }
+    };
+    admin.inner.limiter.success(&client_key);
+
+    let now_s = now_ms.div_euclid(1000);
+    let ttl_s = i64::try_from(admin.inner.cfg.token_ttl.as_secs()).unwrap_or(i64::MAX);
+    // Never outlive the application itself.
+    let exp = now_s
+        .saturating_add(ttl_s)
+        .min(c.expires_at_ms.div_euclid(1000));
+    if exp <= now_s {
+        return Err(OAuthError::InvalidClient);
+    }
+    let jti = uuid::Uuid::new_v4().to_string();
+    let claims = Claims {
+        iss: admin.inner.cfg.issuer.clone(),
+        aud: AUDIENCE.to_string(),
+        sub: client_id.clone(),
+        exp,
+        iat: now_s,
+        jti: jti.clone(),
+        tenant: c.tenant.clone(),
+        app: c.id.clone(),
+        devices: admin.resolved_devices(&c.id).await?,
+        include_anomalies: c.include_anomalies,
+        sgen: c.secret_generation,
+    };
+    let (kid, key) = admin.signer().await?;
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    header.kid = Some(kid);
+    let token = jsonwebtoken::encode(&header, &claims, &key)
+        .map_err(|e| AdminError::Signing(e.to_string()))?;
+    {
+        let mut conn = admin.inner.pool.acquire().await.map_err(AdminError::from)?;
+        audit::record(
+            &mut conn,
+            &Event::new(&c.tenant, format!("client:{client_id}"), "token.issue", TARGET, &c.id)
+                .detail(serde_json::json!({ "jti": jti, "expiresAt": crate::validate::format_ms(exp * 1000) })),
+        )
+        .await?;
+    }
+    let body = serde_json::json!({
+        "access_token": token,
+        "token_type": "Bearer",
+        "expires_in": exp - now_s,
+    });
+    Ok(no_store((StatusCode::OK, axum::Json(body)).into_response()))
+}
+
+/// SHA-256 of no secret anyone can present (a hash of a value that is not
+/// a valid UTF-8 secret would do too): compared against for unknown clients.
+const UNKNOWN_CLIENT_HASH: &str =
+    "0000000000000000000000000000000000000000000000000000000000000000";
+
+fn check_media_type(headers: &HeaderMap) -> Result<(), OAuthError> {
+    let wrong = || OAuthError::InvalidRequest(format!("Content-Type must be {FORM}"));
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(wrong)?;
+    let mut parts = ct.split(';');
+    let media = parts.next().unwrap_or("").trim();
+    if !media.eq_ignore_ascii_case(FORM) {
+        return Err(wrong());
+    }
+    for p in parts {
+        let Some((name, value)) = p.split_once('=') else {
+            continue;
+        };
+        let value = value.trim().trim_matches('"');
+        if name.trim().eq_ignore_ascii_case("charset")
+            && !(value.eq_ignore_ascii_case("utf-8") || value.eq_ignore_ascii_case("utf8"))
+        {
+            return Err(OAuthError::InvalidRequest(format!(
+                "Content-Type must be {FORM} with charset UTF-8"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Steps 2–4 of the module docs: parameters, client authentication method
+/// and grant type.
+fn parse(headers: &HeaderMap, body: &[u8]) -> Result<TokenRequest, OAuthError> {
+    let mut params: Vec<(String, String)> = Vec::new();
+    for (k, v) in form_urlencoded::parse(body) {
+        if params.iter().any(|(seen, _)| *seen == k) {
+            return Err(OAuthError::InvalidRequest(format!(
+                "parameter {k} is repeated"
+            )));
+        }
+        params.push((k.into_owned(), v.into_owned()));
+    }
+    let get = |name: &str| {
+        params
+            .iter()
+            .find(|(k, v)| k == name && !v.is_empty())
+            .map(|(_, v)| v.clone())
+    };
+    let mut auth = headers.get_all(header::AUTHORIZATION).iter();
+    let basic = match (auth.next(), auth.next()) {
+        (None, _) => None,
+        (Some(_), Some(_)) => {
+            return Err(OAuthError::InvalidRequest(
+                "Authorization header is repeated".into(),
+            ))
+        }
+        (Some(v), None) => Some(parse_basic(v)?),
+    };
+    let body_creds = Credentials {
+        client_id: get("client_id"),
+        client_secret: get("client_secret"),
+    };
+    let creds = match basic {
+        Some(b) => {
+            if body_creds.client_id.is_some() || body_creds.client_secret.is_some() {
+                return Err(OAuthError::InvalidRequest(
+                    "use one client authentication method: HTTP Basic or the request body, not both"
+                        .into(),
+                ));
+            }
+            b
+        }
+        None => body_creds,
+    };
+    match get("grant_type").as_deref() {
+        None => Err(OAuthError::InvalidRequest("grant_type is required".into())),
+        Some("client_credentials") => Ok(TokenRequest { creds }),
+        Some(_) => Err(OAuthError::UnsupportedGrantType),
+    }
+}
+
+/// `Authorization: Basic base64(form(client_id) ":" form(client_secret))`
+/// (RFC 6749 §2.3.1). Any other scheme, or a malformed value, is a failed
+/// client authentication.
+fn parse_basic(v: &HeaderValue) -> Result<Credentials, OAuthError> {
+    let s = v.to_str().map_err(|_| OAuthError::InvalidClient)?.trim();
+    let (scheme, rest) = s.split_once(' ').ok_or(OAuthError::InvalidClient)?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err(OAuthError::InvalidClient);
+    }
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(rest.trim())
+        .map_err(|_| OAuthError::InvalidClient)?;
+    let text = String::from_utf8(raw).map_err(|_| OAuthError::InvalidClient)?;
+    let (id, secret) = text.split_once(':').ok_or(OAuthError::InvalidClient)?;
+    let id = form_decode(id).ok_or(OAuthError::InvalidClient)?;
+    let secret = form_decode(secret).ok_or(OAuthError::InvalidClient)?;
+    Ok(Credentials {
+        client_id: Some(id).filter(|s| !s.is_empty()),
+        client_secret: Some(secret).filter(|s| !s.is_empty()),
+    })
+}
+
+/// Decodes one `application/x-www-form-urlencoded` value strictly: `+` is a
+/// space, `%XX` a byte, a stray `%` or non-UTF-8 result is refused.
+fn form_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = b.get(i + 1..i + 3)?;
+                let hex = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `GET /.well-known/openid-configuration`.
+pub(crate) fn discovery(issuer: &str) -> serde_json::Value {
+    let base = issuer.trim_end_matches('/');
+    serde_json::json!({
+        "issuer": issuer,
+        "token_endpoint": format!("{base}/connect/token"),
+        "jwks_uri": format!("{base}/.well-known/jwks.json"),
+        "grant_types_supported": ["client_credentials"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "response_types_supported": ["token"],
+        "id_token_signing_alg_values_supported": ["EdDSA"],
+        "subject_types_supported": ["public"],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn basic(raw: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        let v = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(raw)
+        );
+        h.insert(header::AUTHORIZATION, HeaderValue::from_str(&v).unwrap());
+        h
+    }
+
+    fn creds(id: &str, secret: &str) -> Result<TokenRequest, OAuthError> {
+        Ok(TokenRequest {
+            creds: Credentials {
+                client_id: Some(id.into()),
+                client_secret: Some(secret.into()),
+            },
+        })
+    }
+
+    #[test]
+    fn basic_credentials_are_form_decoded_after_the_first_colon() {
+        let grant = b"grant_type=client_credentials";
+        let table: &[(&str, Result<TokenRequest, OAuthError>)] = &[
+            ("id:secret", creds("id", "secret")),
+            ("id:se:cr:et", creds("id", "se:cr:et")),
+            ("i%3Ad:s%2Bx", creds("i:d", "s+x")),
+            ("a+b:c+d", creds("a b", "c d")),
+            ("%C3%A9:%25", creds("é", "%")),
+            ("id:bad%zz", Err(OAuthError::InvalidClient)),
+            ("id:trunc%4", Err(OAuthError::InvalidClient)),
+            ("id:%FF", Err(OAuthError::InvalidClient)),
+            ("nocolon", Err(OAuthError::InvalidClient)),
+        ];
+        for (raw, want) in table {
+            assert_eq!(&parse(&basic(raw), grant), want, "{raw}");
+        }
+    }
+
+    #[test]
+    fn basic_scheme_is_case_insensitive_and_others_refused() {
+        let grant = b"grant_type=client_credentials";
+        for scheme in ["basic", "BASIC", "bAsIc"] {
+            let mut h = HeaderMap::new();
+            let v = format!(
+                "{scheme} {}",
+                base64::engine::general_purpose::STANDARD.encode("a:b")
+            );
+            h.insert(header::AUTHORIZATION, HeaderValue::from_str(&v).unwrap());
+            assert_eq!(parse(&h, grant), creds("a", "b"));
+        }
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer abc"),
+        );
+        assert_eq!(parse(&h, grant), Err(OAuthError::InvalidClient));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic !!!"));
+        assert_eq!(parse(&h, grant), Err(OAuthError::InvalidClient));
+    }
+
+    #[test]
+    fn body_rules() {
+        let none = HeaderMap::new();
+        assert_eq!(
+            parse(
+                &none,
+                b"grant_type=client_credentials&client_id=a%20b&client_secret=s%2B"
+            ),
+            creds("a b", "s+")
+        );
+        assert!(matches!(
+            parse(
+                &none,
+                b"grant_type=client_credentials&grant_type=client_credentials"
+            ),
+            Err(OAuthError::InvalidRequest(_))
+        ));
+        assert!(matches!(
+            parse(&none, b"client_id=a"),
+            Err(OAuthError::InvalidRequest(_))
+        ));
+        assert!(matches!(
+            parse(&none, b"grant_type="),
+            Err(OAuthError::InvalidRequest(_))
+        ));
+        assert_eq!(
+            parse(&none, b"grant_type=password"),
+            Err(OAuthError::UnsupportedGrantType)
+        );
+        assert!(matches!(
+            parse(
+                &basic("a:b"),
+                b"grant_type=client_credentials&client_secret=b"
+            ),
+            Err(OAuthError::InvalidRequest(_))
+        ));
+        // Empty values count as omitted.
+        assert_eq!(
+            parse(&basic("a:b"), b"grant_type=client_credentials&client_id="),
+            creds("a", "b")
+        );
+    }
+
+    #[test]
+    fn media_type_rules() {
+        let mut h = HeaderMap::new();
+        for ok in [
+            FORM,
+            "application/x-www-form-urlencoded; charset=UTF-8",
+            "Application/X-WWW-Form-Urlencoded;charset=\"utf-8\"",
+        ] {
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_str(ok).unwrap());
+            assert_eq!(check_media_type(&h), Ok(()), "{ok}");
+        }
+        for bad in [
+            "application/json",
+            "multipart/form-data; boundary=x",
+            "text/plain",
+            "application/x-www-form-urlencoded; charset=latin1",
+        ] {
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_str(bad).unwrap());
+            assert!(check_media_type(&h).is_err(), "{bad}");
+        }
+        assert!(check_media_type(&HeaderMap::new()).is_err());
+    }
+}
