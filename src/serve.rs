@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use sensegate_admin::{Admin, AdminConfig};
+use sensegate_broker::router::RingConfig;
+use sensegate_broker::subscriber::OverflowPolicy;
 use sensegate_broker::{Broker, BrokerConfig};
 use tracing::info;
 
@@ -35,9 +37,35 @@ pub(crate) struct ServeArgs {
     /// Seconds of silence before a stream gets a keep-alive comment.
     #[arg(long, env = "SENSEGATE_HEARTBEAT", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
     heartbeat: u64,
+    /// Events kept per device for `Last-Event-ID` resume.
+    #[arg(long, env = "SENSEGATE_RING_EVENTS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    ring_events: u64,
+    /// Seconds an event stays resumable.
+    #[arg(long, env = "SENSEGATE_RING_AGE", default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    ring_age: u64,
+    /// Events a stream's queue holds before the slow-consumer policy applies.
+    #[arg(long, env = "SENSEGATE_SUBSCRIBER_QUEUE", default_value_t = 8192, value_parser = clap::value_parser!(u64).range(16..=1_000_000))]
+    subscriber_queue: u64,
+    /// What a stream whose queue overflows gets: drop the oldest events and
+    /// send a `gap` event, or be disconnected (after the `gap` event).
+    #[arg(long, env = "SENSEGATE_SLOW_CONSUMER", value_enum, default_value = "drop-oldest")]
+    slow_consumer: SlowConsumer,
+    /// Concurrent streams one application may hold (over it: 429).
+    #[arg(long, env = "SENSEGATE_MAX_STREAMS_PER_APP", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_streams_per_app: u64,
+    /// Browser origin allowed to open streams (CORS); repeat or comma-separate.
+    #[arg(long, env = "SENSEGATE_CORS_ORIGINS", value_delimiter = ',')]
+    cors_origin: Vec<String>,
     /// Also seed a demo tenant setup and run simulated devices.
     #[arg(long, env = "SENSEGATE_DEMO")]
     demo: bool,
+}
+
+/// The slow-consumer policy, as spelled on the command line.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum SlowConsumer {
+    DropOldest,
+    Disconnect,
 }
 
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -54,6 +82,17 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let mut broker_cfg = BrokerConfig::new(args.data_dir.clone(), args.quic_addr, issuer.clone());
     broker_cfg.heartbeat = Duration::from_secs(args.heartbeat);
+    broker_cfg.ring = RingConfig {
+        max_events: args.ring_events as usize,
+        max_age: Duration::from_secs(args.ring_age),
+    };
+    broker_cfg.subscriber_queue = args.subscriber_queue as usize;
+    broker_cfg.overflow = match args.slow_consumer {
+        SlowConsumer::DropOldest => OverflowPolicy::DropOldest,
+        SlowConsumer::Disconnect => OverflowPolicy::Disconnect,
+    };
+    broker_cfg.max_streams_per_app = args.max_streams_per_app as usize;
+    broker_cfg.cors_origins = args.cors_origin.clone();
     let broker = Broker::new(broker_cfg)?;
 
     let database_url = args.database_url.clone().unwrap_or_else(|| {

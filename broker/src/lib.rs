@@ -54,6 +54,10 @@ pub struct BrokerConfig {
     pub overflow: OverflowPolicy,
     /// Router shards (default 64).
     pub shards: usize,
+    /// Concurrent streams one application may hold (default 64).
+    pub max_streams_per_app: usize,
+    /// Browser origins allowed to open streams (CORS); empty = none.
+    pub cors_origins: Vec<String>,
 }
 
 impl BrokerConfig {
@@ -68,6 +72,8 @@ impl BrokerConfig {
             subscriber_queue: 8192,
             overflow: OverflowPolicy::DropOldest,
             shards: 64,
+            max_streams_per_app: 64,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -98,6 +104,7 @@ pub(crate) struct Shared {
     /// Bumped after every table swap; open sessions and streams re-check.
     pub(crate) access_version: tokio::sync::watch::Sender<u64>,
     pub(crate) metrics: Metrics,
+    pub(crate) stream_counts: stream::StreamCounts,
 }
 
 /// The broker. Cheap to clone.
@@ -145,6 +152,7 @@ impl Broker {
                 access: ArcSwap::from_pointee(AccessTable::default()),
                 access_version,
                 metrics: Metrics::new(),
+                stream_counts: Default::default(),
                 cfg,
             }),
         })
@@ -183,11 +191,33 @@ impl Broker {
 
     /// The broker's HTTP surface: `/v1/stream/telemetry`, `/metrics`, `/healthz`.
     pub fn routes(&self) -> axum::Router {
-        axum::Router::new()
+        let stream = axum::Router::new()
             .route("/v1/stream/telemetry", get(stream::stream_telemetry))
+            .layer(self.cors());
+        axum::Router::new()
+            .merge(stream)
             .route("/metrics", get(metrics_handler))
             .route("/healthz", get(|| async { "ok\n" }))
             .with_state(self.shared.clone())
+    }
+}
+
+impl Broker {
+    /// CORS for browsers' EventSource/WebSocket on the configured origins.
+    fn cors(&self) -> tower_http::cors::CorsLayer {
+        use axum::http::{header, HeaderValue, Method};
+        let origins: Vec<HeaderValue> = self
+            .shared
+            .cfg
+            .cors_origins
+            .iter()
+            .filter_map(|o| HeaderValue::from_str(o).ok())
+            .collect();
+        tower_http::cors::CorsLayer::new()
+            .allow_origin(origins)
+            .allow_methods([Method::GET])
+            .allow_headers([header::AUTHORIZATION, header::ACCEPT, "last-event-id".parse().expect("valid header name")])
+            .max_age(Duration::from_secs(600))
     }
 }
 

@@ -33,10 +33,12 @@
 
 #[cfg(feature = "client")]
 pub mod client;
+mod egress;
 mod frame;
 mod json;
 mod schema;
 
+pub use egress::{decode_ws_event, encode_ws_event_header, WsEvent};
 pub use frame::{
     decode_frame, encode_frame, validate_hello, validate_server_msg, validate_telemetry,
     FrameError, FRAME_HEADER_LEN, MAX_CONTROL_FRAME_LEN, MAX_TELEMETRY_FRAME_LEN,

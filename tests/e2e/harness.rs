@@ -20,7 +20,7 @@ pub(crate) struct Server {
     child: Child,
     pub(crate) http: SocketAddr,
     pub(crate) quic: SocketAddr,
-    pub(crate) data_dir: tempfile::TempDir,
+    pub(crate) data_dir: Arc<tempfile::TempDir>,
     /// Everything the process wrote to stdout and stderr so far.
     pub(crate) output: Arc<Mutex<String>>,
     pub(crate) client: reqwest::Client,
@@ -36,7 +36,17 @@ impl Drop for Server {
 impl Server {
     /// Starts `sensegate serve` with extra arguments.
     pub(crate) fn start(extra: &[&str]) -> Server {
-        let data_dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in(Arc::new(tempfile::tempdir().expect("temp dir")), extra)
+    }
+
+    /// Stops this process and starts a new one on the same data dir.
+    pub(crate) fn restart(self, extra: &[&str]) -> Server {
+        let dir = self.data_dir.clone();
+        drop(self);
+        Self::start_in(dir, extra)
+    }
+
+    fn start_in(data_dir: Arc<tempfile::TempDir>, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sensegate"))
             .args([
                 "serve",
@@ -189,16 +199,32 @@ impl Server {
             .to_owned()
     }
 
-    /// Opens an SSE stream; panics unless it answers 200 text/event-stream.
-    pub(crate) async fn open_stream(&self, token: &str, query: &str) -> SseStream {
-        let resp = self
+    /// The server's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a stream request with extra headers and returns the raw response.
+    pub(crate) async fn stream_request(&self, token: &str, query: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut req = self
             .client
             .get(self.url(&format!("/v1/stream/telemetry{query}")))
             .header("Accept", "text/event-stream")
-            .bearer_auth(token)
-            .send()
-            .await
-            .expect("stream request");
+            .bearer_auth(token);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.send().await.expect("stream request")
+    }
+
+    /// Opens an SSE stream; panics unless it answers 200 text/event-stream.
+    pub(crate) async fn open_stream(&self, token: &str, query: &str) -> SseStream {
+        self.open_stream_with(token, query, &[]).await
+    }
+
+    /// [`Server::open_stream`] with extra request headers (e.g. `Last-Event-ID`).
+    pub(crate) async fn open_stream_with(&self, token: &str, query: &str, headers: &[(&str, &str)]) -> SseStream {
+        let resp = self.stream_request(token, query, headers).await;
         assert_eq!(resp.status(), 200, "stream status");
         assert_eq!(
             resp.headers()["content-type"].to_str().unwrap(),
@@ -209,18 +235,49 @@ impl Server {
 
     /// Runs `sensegate publish` for `device` with the given JSON lines.
     pub(crate) fn publish(&self, device: &str, key: &str, lines: &str) -> std::process::Output {
-        let file = self.data_dir.path().join(format!("publish-{device}.jsonl"));
+        self.publish_command(device, key, lines)
+            .output()
+            .expect("run publish")
+    }
+
+    /// Publishes `n` readings (`value` = 0..n) for `device`; panics on failure.
+    pub(crate) fn publish_n(&self, device: &str, key: &str, n: usize) {
+        let out = self.publish(device, key, &readings(n));
+        assert!(out.status.success(), "publish: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// The `sensegate publish` command, not yet started.
+    pub(crate) fn publish_command(&self, device: &str, key: &str, lines: &str) -> Command {
+        static RUN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let run = RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let file = self.data_dir.path().join(format!("publish-{device}-{run}.jsonl"));
         std::fs::write(&file, lines).expect("write lines");
-        Command::new(env!("CARGO_BIN_EXE_sensegate"))
-            .arg("publish")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sensegate"));
+        cmd.arg("publish")
             .arg("--server")
             .arg(self.quic.to_string())
             .args(["--device", device, "--key", key, "--ca"])
             .arg(self.cert_path())
-            .arg(&file)
-            .output()
-            .expect("run publish")
+            .arg(&file);
+        cmd
     }
+
+    /// Resident memory of the server process, in KiB.
+    pub(crate) fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// `n` JSON-lines readings, `{"value": i}` for i in 0..n.
+pub(crate) fn readings(n: usize) -> String {
+    (0..n)
+        .map(|i| format!("{{\"ts\":{},\"readings\":{{\"value\":{i}}}}}\n", 1_700_000_000_000u64 + i as u64))
+        .collect()
 }
 
 /// One parsed SSE record.
@@ -232,6 +289,11 @@ pub(crate) struct SseEvent {
 }
 
 impl SseEvent {
+    /// The numeric `id:`.
+    pub(crate) fn id(&self) -> u64 {
+        self.id.as_deref().and_then(|i| i.parse().ok()).unwrap_or_else(|| panic!("no id on {self:?}"))
+    }
+
     pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.data).unwrap_or_else(|e| panic!("bad data {:?}: {e}", self.data))
     }

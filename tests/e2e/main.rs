@@ -5,3 +5,4 @@ mod harness;
 
 mod stream_refuses_bad_credentials;
 mod telemetry_reaches_only_permitted_applications;
+mod resume_never_loses_or_repeats;
