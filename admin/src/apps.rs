@@ -16,6 +16,7 @@
 use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
+use utoipa::ToSchema;
 
 use crate::audit::{self, Event};
 use crate::db::{self, flag, Page};
@@ -25,26 +26,31 @@ use crate::validate::{self, Name};
 use crate::{secret, Admin};
 
 /// A list row.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct AppSummary {
     pub(crate) id: String,
     pub(crate) name: String,
     pub(crate) created_at: String,
+    /// `enabled` or `disabled`.
+    #[schema(value_type = String)]
     pub(crate) status: &'static str,
     pub(crate) expires_at: String,
+    /// Whether `expiresAt` has passed.
     pub(crate) expired: bool,
 }
 
 /// Every configured property (never the secret, except once at creation or
 /// rotation in `client_secret`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct AppView {
     pub(crate) id: String,
     pub(crate) name: String,
     pub(crate) created_at: String,
     pub(crate) updated_at: String,
+    /// `enabled` or `disabled`.
+    #[schema(value_type = String)]
     pub(crate) status: &'static str,
     pub(crate) expires_at: String,
     pub(crate) expired: bool,
@@ -52,6 +58,7 @@ pub(crate) struct AppView {
     pub(crate) devices: Vec<String>,
     pub(crate) device_groups: Vec<String>,
     pub(crate) client_id: String,
+    /// Only in the responses of create and rotate-secret.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) client_secret: Option<String>,
 }

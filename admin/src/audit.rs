@@ -5,12 +5,13 @@
 
 use serde::Serialize;
 use sqlx::{AnyConnection, Row};
+use utoipa::ToSchema;
 
 use crate::error::AdminError;
 use crate::validate;
 
 /// One audit log entry as the API returns it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditEntry {
     /// Entry id (time-ordered).
@@ -26,6 +27,7 @@ pub struct AuditEntry {
     /// The object's id.
     pub target_id: Option<String>,
     /// Extra facts (changed field names, refusal reason…), never secrets.
+    #[schema(value_type = Option<Object>)]
     pub detail: Option<serde_json::Value>,
 }
 

@@ -6,6 +6,7 @@
 use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
+use utoipa::ToSchema;
 
 use crate::audit::{self, Event};
 use crate::db::{self, flag, Page};
@@ -15,11 +16,12 @@ use crate::validate::{self, Name};
 use crate::{secret, Admin};
 
 /// A device as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct DeviceView {
     pub(crate) id: String,
     pub(crate) name: String,
+    #[schema(value_type = Object)]
     pub(crate) metadata: serde_json::Value,
     pub(crate) enabled: bool,
     pub(crate) created_at: String,

@@ -5,6 +5,7 @@
 use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
+use utoipa::ToSchema;
 
 use crate::audit::{self, Event};
 use crate::db::{self, Page};
@@ -14,7 +15,7 @@ use crate::validate::{self, Name};
 use crate::Admin;
 
 /// A group as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct GroupView {
     pub(crate) id: String,

@@ -26,6 +26,8 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use sensegate_broker::token::{Claims, AUDIENCE};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::audit::{self, Event};
 use crate::error::AdminError;
@@ -40,6 +42,40 @@ const MAX_CLIENT_ID: usize = 128;
 /// What [`Event`]s about token requests name as their target type.
 const TARGET: &str = "application";
 const FORM: &str = "application/x-www-form-urlencoded";
+
+/// The form parameters of a token request (RFC 6749 §4.4.2). Parameters
+/// with an empty value count as omitted; `scope` is accepted and ignored
+/// (an application's scope is its configured devices).
+#[derive(Debug, ToSchema)]
+pub(crate) struct TokenForm {
+    /// Must be `client_credentials`.
+    grant_type: Option<String>,
+    /// The Client ID, unless sent with HTTP Basic.
+    client_id: Option<String>,
+    /// The Client Secret, unless sent with HTTP Basic.
+    client_secret: Option<String>,
+}
+
+/// A successful token response (RFC 6749 §5.1).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct TokenResponse {
+    /// A JWT signed with EdDSA; its `kid` is in the JWKS.
+    access_token: String,
+    /// Always `Bearer`.
+    token_type: &'static str,
+    /// Seconds until the token expires (never after the application does).
+    expires_in: i64,
+}
+
+/// An error response (RFC 6749 §5.2).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct OAuthErrorBody {
+    /// `invalid_request`, `invalid_client`, `unsupported_grant_type` or
+    /// `server_error`.
+    error: &'static str,
+    /// What went wrong, for a human.
+    error_description: String,
+}
 
 /// A refusal, per RFC 6749 §5.2.
 #[derive(Debug, PartialEq, Eq)]
@@ -78,7 +114,10 @@ impl IntoResponse for OAuthError {
                 "internal error".to_string(),
             ),
         };
-        let body = serde_json::json!({ "error": code, "error_description": description });
+        let body = OAuthErrorBody {
+            error: code,
+            error_description: description,
+        };
         let mut res = (status, axum::Json(body)).into_response();
         let h = res.headers_mut();
         match self {
@@ -127,7 +166,15 @@ pub(crate) async fn method_not_allowed() -> Response {
     no_store(res)
 }
 
-/// `POST /connect/token`.
+/// Issues an access token for the client-credentials grant.
+#[utoipa::path(post, path = "/connect/token", tag = "oauth2",
+    request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, body = TokenResponse, description = "Issued (`Cache-Control: no-store`)."),
+        (status = 400, body = OAuthErrorBody, description = "`invalid_request` or `unsupported_grant_type`."),
+        (status = 401, body = OAuthErrorBody, description = "`invalid_client`, with `WWW-Authenticate: Basic`; identical for every cause."),
+        (status = 429, body = OAuthErrorBody, description = "Too many failed attempts; see `Retry-After`."),
+    ))]
 pub(crate) async fn endpoint(State(admin): State<Admin>, req: Request) -> Response {
     match issue(&admin, req).await {
         Ok(res) => res,
@@ -257,11 +304,11 @@ async fn issue(admin: &Admin, req: Request) -> Result<Response, OAuthError> {
         )
         .await?;
     }
-    let body = serde_json::json!({
-        "access_token": token,
-        "token_type": "Bearer",
-        "expires_in": exp - now_s,
-    });
+    let body = TokenResponse {
+        access_token: token,
+        token_type: "Bearer",
+        expires_in: exp - now_s,
+    };
     Ok(no_store((StatusCode::OK, axum::Json(body)).into_response()))
 }
 
@@ -315,6 +362,11 @@ fn parse(headers: &HeaderMap, body: &[u8]) -> Result<TokenRequest, OAuthError> {
             .find(|(k, v)| k == name && !v.is_empty())
             .map(|(_, v)| v.clone())
     };
+    let form = TokenForm {
+        grant_type: get("grant_type"),
+        client_id: get("client_id"),
+        client_secret: get("client_secret"),
+    };
     let mut auth = headers.get_all(header::AUTHORIZATION).iter();
     let basic = match (auth.next(), auth.next()) {
         (None, _) => None,
@@ -326,8 +378,8 @@ fn parse(headers: &HeaderMap, body: &[u8]) -> Result<TokenRequest, OAuthError> {
         (Some(v), None) => Some(parse_basic(v)?),
     };
     let body_creds = Credentials {
-        client_id: get("client_id"),
-        client_secret: get("client_secret"),
+        client_id: form.client_id,
+        client_secret: form.client_secret,
     };
     let creds = match basic {
         Some(b) => {
@@ -341,7 +393,7 @@ fn parse(headers: &HeaderMap, body: &[u8]) -> Result<TokenRequest, OAuthError> {
         }
         None => body_creds,
     };
-    match get("grant_type").as_deref() {
+    match form.grant_type.as_deref() {
         None => Err(OAuthError::InvalidRequest("grant_type is required".into())),
         Some("client_credentials") => Ok(TokenRequest { creds }),
         Some(_) => Err(OAuthError::UnsupportedGrantType),
