@@ -1,0 +1,288 @@
+//! Publishers: a SenseGate device over QUIC, or an MQTT / NATS client over
+//! TCP, all sending the same event in batches of `--batch`, either at a
+//! fixed rate or as fast as the delivery window allows.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use sensegate_ingest_proto::client::DeviceSession;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::framing::Reassembler;
+use crate::mqtt;
+use crate::nats::{self, NatsFramer};
+use crate::payload::{EventTemplate, StampedPayload, Values};
+use crate::stats::Counters;
+use crate::tally::{stamp, Tally};
+
+/// Unacknowledged events a device may have in flight before it waits for
+/// the broker's acks (the broker acks each read of up to 1,024 frames).
+const ACK_WINDOW: u64 = 8_192;
+
+/// One publisher's connection.
+pub(crate) enum Publisher {
+    Quic {
+        session: Box<DeviceSession>,
+        template: EventTemplate,
+        values: Values,
+        seq: u64,
+        acked: u64,
+    },
+    Mqtt {
+        stream: TcpStream,
+        topic: String,
+        payload: StampedPayload,
+        buf: Vec<u8>,
+    },
+    Nats {
+        stream: OwnedWriteHalf,
+        subject: String,
+        payload: StampedPayload,
+        buf: Vec<u8>,
+        pings: Arc<AtomicU32>,
+    },
+}
+
+impl Publisher {
+    /// An MQTT publisher on `topic`.
+    pub(crate) async fn mqtt(
+        addr: SocketAddr,
+        client_id: &str,
+        topic: String,
+        payload: StampedPayload,
+    ) -> Result<Publisher> {
+        let mut stream = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        stream.set_nodelay(true)?;
+        stream.write_all(&mqtt::connect(client_id)).await?;
+        let mut ack = [0u8; 4];
+        stream
+            .read_exact(&mut ack)
+            .await
+            .context("waiting for CONNACK")?;
+        if ack != [0x20, 2, 0, 0] {
+            bail!("MQTT broker refused the publisher: {ack:02x?}");
+        }
+        Ok(Publisher::Mqtt {
+            stream,
+            topic,
+            payload,
+            buf: Vec::new(),
+        })
+    }
+
+    /// A NATS publisher on `subject`. A background task answers the
+    /// server's PINGs (through the next write) and reports `-ERR`s.
+    pub(crate) async fn nats(
+        addr: SocketAddr,
+        name: &str,
+        subject: String,
+        payload: StampedPayload,
+        counters: Arc<Counters>,
+    ) -> Result<Publisher> {
+        let mut stream = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        stream.set_nodelay(true)?;
+        stream.write_all(&nats::handshake(name, &[])).await?;
+        let mut framer = NatsFramer::new(Tally::new(1));
+        let mut r = Reassembler::default();
+        let mut buf = vec![0u8; 4096];
+        while framer.pongs == 0 {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                bail!("NATS closed the publisher's connection");
+            }
+            r.feed(&buf[..n], &mut framer)?;
+        }
+        let (mut read, write) = stream.into_split();
+        let pings = Arc::new(AtomicU32::new(0));
+        let owed = pings.clone();
+        tokio::spawn(async move {
+            loop {
+                let n = match read.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                if r.feed(&buf[..n], &mut framer).is_err() {
+                    counters.errors.fetch_add(1, Relaxed);
+                    return;
+                }
+                owed.fetch_add(std::mem::take(&mut framer.pings), Relaxed);
+            }
+        });
+        Ok(Publisher::Nats {
+            stream: write,
+            subject,
+            payload,
+            buf: Vec::new(),
+            pings,
+        })
+    }
+
+    /// A SenseGate device publisher on an open session.
+    pub(crate) fn quic(
+        session: DeviceSession,
+        template: EventTemplate,
+        values: Values,
+    ) -> Publisher {
+        let seq = session.resume_after();
+        Publisher::Quic {
+            acked: seq,
+            session: Box::new(session),
+            template,
+            values,
+            seq,
+        }
+    }
+
+    /// Sends `n` events in one write.
+    async fn send(&mut self, n: usize, counters: &Counters) -> Result<()> {
+        let s = stamp();
+        match self {
+            Publisher::Quic {
+                session,
+                template,
+                values,
+                seq,
+                acked,
+            } => {
+                if *seq - *acked > ACK_WINDOW {
+                    session
+                        .wait_acked(*seq - ACK_WINDOW, Duration::from_secs(10))
+                        .await?;
+                }
+                let ts_ms = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+                let ts_ms = i64::try_from(ts_ms).unwrap_or(0);
+                let buf = session.buffer();
+                buf.clear();
+                for _ in 0..n {
+                    *seq += 1;
+                    template.set(*seq, ts_ms, s, values.get(*seq));
+                    template.encode(buf);
+                }
+                session.send_encoded().await?;
+                let now = session.acked();
+                counters.acked.fetch_add(now - *acked, Relaxed);
+                *acked = now;
+            }
+            Publisher::Mqtt {
+                stream,
+                topic,
+                payload,
+                buf,
+            } => {
+                buf.clear();
+                for _ in 0..n {
+                    mqtt::publish(buf, topic, payload.stamped(s));
+                }
+                stream.write_all(buf).await?;
+            }
+            Publisher::Nats {
+                stream,
+                subject,
+                payload,
+                buf,
+                pings,
+            } => {
+                buf.clear();
+                for _ in 0..pings.swap(0, Relaxed) {
+                    buf.extend_from_slice(b"PONG\r\n");
+                }
+                for _ in 0..n {
+                    nats::publish(buf, subject, payload.stamped(s));
+                }
+                stream.write_all(buf).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for the broker's acknowledgement of everything sent (QUIC) and
+    /// closes.
+    async fn finish(self, counters: &Counters) -> Result<()> {
+        match self {
+            Publisher::Quic {
+                mut session,
+                seq,
+                acked,
+                ..
+            } => {
+                let waited = session.wait_acked(seq, Duration::from_secs(5)).await;
+                counters.acked.fetch_add(session.acked() - acked, Relaxed);
+                session.close().await;
+                waited?;
+            }
+            Publisher::Mqtt { mut stream, .. } => {
+                stream.write_all(&[0xe0, 0]).await?;
+            }
+            Publisher::Nats { mut stream, .. } => stream.shutdown().await?,
+        }
+        Ok(())
+    }
+}
+
+/// How a publisher paces itself.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pace {
+    pub(crate) batch: usize,
+    /// Events/s; `None` is as fast as the window allows.
+    pub(crate) rate: Option<f64>,
+    /// Deliveries this publisher's events go to (0 without subscribers).
+    pub(crate) fanout: u64,
+    /// In max-rate mode, the deliveries all publishers may have in flight.
+    pub(crate) window: u64,
+}
+
+/// Sends until `until`, then finishes.
+pub(crate) async fn run(
+    mut p: Publisher,
+    pace: Pace,
+    until: Instant,
+    counters: Arc<Counters>,
+) -> Result<()> {
+    let start = Instant::now();
+    let mut sent: u64 = 0;
+    let batch = pace.batch.max(1) as u64;
+    while Instant::now() < until {
+        let n = match pace.rate {
+            Some(rate) => {
+                let due = (start.elapsed().as_secs_f64() * rate) as u64;
+                if due <= sent {
+                    let next = start + Duration::from_secs_f64((sent + 1) as f64 / rate);
+                    tokio::time::sleep_until(next.min(until)).await;
+                    continue;
+                }
+                (due - sent).min(batch)
+            }
+            None => {
+                if pace.fanout > 0 {
+                    let c = &counters;
+                    if c.expected
+                        .load(Relaxed)
+                        .saturating_sub(c.delivered.load(Relaxed))
+                        > pace.window
+                    {
+                        // Subscribers are behind: wait for them (1 ms is the
+                        // timer's granularity; the window covers far more).
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        continue;
+                    }
+                }
+                batch
+            }
+        };
+        p.send(n as usize, &counters).await?;
+        sent += n;
+        counters.sent.fetch_add(n, Relaxed);
+        counters.expected.fetch_add(n * pace.fanout, Relaxed);
+    }
+    p.finish(&counters).await
+}
