@@ -23,10 +23,8 @@ const PG_POOL: u32 = 8;
 pub(crate) async fn connect(url: &str) -> Result<AnyPool, AdminError> {
     sqlx::any::install_default_drivers();
     let is_sqlite = url.starts_with("sqlite:");
-    let url = if is_sqlite && !url.contains("mode=") {
-        // Create the database file on first start.
-        let sep = if url.contains('?') { '&' } else { '?' };
-        format!("{url}{sep}mode=rwc")
+    let url = if is_sqlite {
+        sqlite_url(url)?
     } else {
         url.to_string()
     };
@@ -53,6 +51,55 @@ pub(crate) async fn connect(url: &str) -> Result<AnyPool, AdminError> {
         .await?;
     MIGRATOR.run(&pool).await?;
     Ok(pool)
+}
+
+/// Rewrites a `sqlite:` URL so that it survives the `Any` driver's round
+/// trip through a generic URL parser, which would resolve `..` segments of
+/// a relative path against the "host" and mangle unusual characters: the
+/// path is made absolute and percent-encoded. Adds `mode=rwc` (create the
+/// file on first start) unless a mode is given.
+fn sqlite_url(url: &str) -> Result<String, AdminError> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    let (path, params) = match rest.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (rest, None),
+    };
+    if path.is_empty() || path == ":memory:" {
+        return Ok(url.to_string());
+    }
+    let path = std::path::Path::new(path);
+    let absolute = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| AdminError::Config(format!("database path: {e}")))?
+            .join(path)
+    };
+    let absolute = absolute
+        .to_str()
+        .ok_or_else(|| AdminError::Config("database path is not UTF-8".into()))?;
+    let mut out = String::from("sqlite://");
+    for b in absolute.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    let mut params: Vec<&str> = params
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .collect();
+    if !params.iter().any(|p| p.starts_with("mode=")) {
+        params.push("mode=rwc");
+    }
+    out.push('?');
+    out.push_str(&params.join("&"));
+    Ok(out)
 }
 
 /// Bumps and returns the feed version, inside the caller's transaction.
@@ -120,6 +167,33 @@ mod tests {
             decode_cursor(&encode_cursor(1, "")),
             Some((1, String::new()))
         );
+    }
+
+    /// The binary builds `sqlite://{data_dir}/sensegate.db` from whatever
+    /// directory it is given: relative, or with spaces.
+    #[tokio::test]
+    async fn sqlite_files_are_created_where_the_url_says() {
+        let dir = tempfile::tempdir().unwrap();
+        let spaced = dir.path().join("my data %41 #x");
+        std::fs::create_dir(&spaced).unwrap();
+        let pool = connect(&format!("sqlite://{}/sg.db", spaced.display()))
+            .await
+            .unwrap();
+        pool.close().await;
+        assert!(spaced.join("sg.db").exists());
+
+        let cwd = std::env::current_dir().unwrap();
+        let up = "../".repeat(cwd.components().count() - 1);
+        let target = dir.path().join("rel.db");
+        let relative = format!(
+            "{up}{}",
+            target.display().to_string().trim_start_matches('/')
+        );
+        let pool = connect(&format!("sqlite://{relative}?mode=rwc"))
+            .await
+            .unwrap();
+        pool.close().await;
+        assert!(target.exists(), "{relative}");
     }
 
     #[test]

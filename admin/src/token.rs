@@ -212,13 +212,28 @@ async fn issue(admin: &Admin, req: Request) -> Result<Response, OAuthError> {
         // No (complete) client authentication: nothing to count against.
         return Err(OAuthError::InvalidClient);
     };
-    if client_id.len() > MAX_CLIENT_ID {
-        return Err(OAuthError::InvalidClient);
-    }
     let client_key = Key::Client(client_id.clone());
     let mut keys = vec![client_key.clone()];
     if let Some(ip) = peer {
         keys.push(Key::Addr(ip));
+    }
+    // A client id we could never have issued: refused without touching the
+    // database (PostgreSQL refuses NUL bytes) or the audit log, counted
+    // against the address only.
+    let plausible = client_id.len() <= MAX_CLIENT_ID
+        && client_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !plausible {
+        if let Some(addr) = keys.get(1) {
+            let now = Instant::now();
+            if let Some(retry_after) = admin.inner.limiter.locked(std::slice::from_ref(addr), now) {
+                return Err(OAuthError::TooManyFailures { retry_after });
+            }
+            admin.inner.limiter.failure(std::slice::from_ref(addr), now);
+        }
+        tracing::info!(reason = "malformed_client_id", "token request refused");
+        return Err(OAuthError::InvalidClient);
     }
     if let Some(retry_after) = admin.inner.limiter.locked(&keys, Instant::now()) {
         tracing::info!(retry_after, "token request throttled");

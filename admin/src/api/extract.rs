@@ -12,7 +12,10 @@ use crate::error::AdminError;
 /// Largest admin request body.
 const MAX_BODY: usize = 1024 * 1024;
 
-/// The `{id}` path segment.
+/// The `{id}` path segment. Every id this API hands out (device and group
+/// ids, UUIDs) is 1..=64 of `[A-Za-z0-9._-]`; anything else cannot name an
+/// object, so it is a 404 before it reaches SQL (PostgreSQL refuses text
+/// with NUL bytes, which must not turn into a 500).
 pub(crate) struct Id(pub(crate) String);
 
 impl<S: Send + Sync> FromRequestParts<S> for Id {
@@ -21,8 +24,11 @@ impl<S: Send + Sync> FromRequestParts<S> for Id {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         Path::<String>::from_request_parts(parts, state)
             .await
-            .map(|Path(id)| Id(id))
             .map_err(|e| ApiError::bad_request(format!("bad path: {e}")))
+            .and_then(|Path(id)| match crate::validate::id("id", &id) {
+                Ok(()) => Ok(Id(id)),
+                Err(_) => Err(AdminError::NotFound(format!("object {id:?}")).into()),
+            })
     }
 }
 
@@ -123,6 +129,15 @@ fn strip_position(message: &str) -> String {
 /// a 400 naming it.
 pub(crate) fn query<T: DeserializeOwned>(raw: Option<&str>) -> Result<T, AdminError> {
     let raw = raw.unwrap_or_default();
+    // Control characters match nothing we store, and PostgreSQL refuses NUL.
+    for (k, v) in form_urlencoded::parse(raw.as_bytes()) {
+        if v.chars().any(char::is_control) {
+            return Err(AdminError::invalid(
+                &k,
+                "must not contain control characters",
+            ));
+        }
+    }
     let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(raw.as_bytes()));
     serde_path_to_error::deserialize(de).map_err(|e| {
         let message = e.inner().to_string();
