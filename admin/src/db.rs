@@ -20,9 +20,14 @@ const SQLITE_POOL: u32 = 4;
 const PG_POOL: u32 = 8;
 
 /// Opens the pool and applies pending migrations.
+/// Whether `url` names a SQLite database.
+pub(crate) fn is_sqlite(url: &str) -> bool {
+    url.starts_with("sqlite:")
+}
+
 pub(crate) async fn connect(url: &str) -> Result<AnyPool, AdminError> {
     sqlx::any::install_default_drivers();
-    let is_sqlite = url.starts_with("sqlite:");
+    let is_sqlite = is_sqlite(url);
     let url = if is_sqlite {
         sqlite_url(url)?
     } else {

@@ -48,7 +48,7 @@ impl Admin {
     /// Starts a mutation (see [`Change`]).
     pub(crate) async fn change(&self) -> Result<Change<'_>, AdminError> {
         let guard = self.inner.feed.lock().await;
-        let tx = self.inner.pool.begin().await?;
+        let tx = self.begin_write().await?;
         Ok(Change {
             _guard: guard,
             tx,

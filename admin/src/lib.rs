@@ -67,6 +67,9 @@ pub struct Admin {
 
 struct Inner {
     pool: sqlx::AnyPool,
+    /// SQLite needs `BEGIN IMMEDIATE` for write transactions (see
+    /// [`Admin::begin_write`]).
+    sqlite: bool,
     cfg: AdminConfig,
     sink: Arc<dyn AccessSink>,
     /// Serialises "change, commit, build snapshot, install" so snapshots are
@@ -111,6 +114,7 @@ impl Admin {
         let admin = Admin {
             inner: Arc::new(Inner {
                 pool,
+                sqlite: db::is_sqlite(&cfg.database_url),
                 cfg,
                 sink,
                 feed: tokio::sync::Mutex::new(()),
@@ -138,6 +142,22 @@ impl Admin {
     pub async fn snapshot(&self) -> Result<Snapshot, AdminError> {
         let mut conn = self.inner.pool.acquire().await?;
         feed::build(&mut conn, self.now_ms(), self.ttl_ms()).await
+    }
+
+    /// Starts a write transaction. On SQLite it takes the write lock at
+    /// once (`BEGIN IMMEDIATE`): a deferred transaction that reads first and
+    /// writes later fails outright (`SQLITE_BUSY_SNAPSHOT`, no retry) if
+    /// another connection — a token request's audit row — committed in
+    /// between, whereas waiting for the lock up front is covered by
+    /// `busy_timeout`.
+    pub(crate) async fn begin_write(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, AdminError> {
+        Ok(if self.inner.sqlite {
+            self.inner.pool.begin_with("BEGIN IMMEDIATE").await?
+        } else {
+            self.inner.pool.begin().await?
+        })
     }
 
     fn now_ms(&self) -> i64 {

@@ -103,8 +103,7 @@ impl Admin {
     pub async fn create_tenant(&self, name: &str) -> Result<TenantInfo, AdminError> {
         validate::id("name", name)?;
         let now = self.now_ms();
-        let mut conn = self.inner.pool.acquire().await?;
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let mut tx = self.begin_write().await?;
         insert_tenant(&mut tx, name, now).await?;
         audit::record(
             &mut tx,
@@ -140,8 +139,9 @@ impl Admin {
         let now = self.now_ms();
         let mut conn = self.inner.pool.acquire().await?;
         let tenant = tenant_id(&mut conn, tenant).await?;
+        drop(conn);
         let key = secret::generate(secret::ADMIN_KEY_PREFIX);
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let mut tx = self.begin_write().await?;
         let id = insert_admin_key(&mut tx, &tenant, &key, now).await?;
         audit::record(
             &mut tx,
@@ -197,8 +197,7 @@ impl Admin {
     /// revoked key is a no-op; an unknown id is [`AdminError::NotFound`].
     pub async fn revoke_admin_key(&self, key_id: &str) -> Result<(), AdminError> {
         let now = self.now_ms();
-        let mut conn = self.inner.pool.acquire().await?;
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let mut tx = self.begin_write().await?;
         let row = sqlx::query("SELECT tenant_id FROM admin_keys WHERE id = $1")
             .bind(key_id)
             .fetch_optional(&mut *tx)

@@ -442,3 +442,56 @@ both_backends!(
     expiry_refuses_tokens_without_operator_action,
     lists_page_newest_first_and_filter_by_name,
 );
+
+/// Token requests write audit rows while the admin edits: on SQLite a
+/// deferred write transaction that read first would fail with
+/// SQLITE_BUSY_SNAPSHOT; every request must succeed.
+async fn edits_and_token_requests_run_concurrently(h: &Harness) {
+    h.device("d1").await;
+    h.device("d2").await;
+    let app = h.app("Busy", &["d1"], &[], false).await;
+    let (id, cid, secret) = (app.str("id"), app.str("clientId"), app.str("clientSecret"));
+    let path = app_path(&id);
+    let edits = async {
+        for i in 0..20 {
+            let devices = if i % 2 == 0 {
+                json!(["d1", "d2"])
+            } else {
+                json!(["d2"])
+            };
+            let r = h.patch(&path, json!({"devices": devices})).await;
+            assert_eq!(r.status, StatusCode::OK, "edit {i}: {r:?}");
+        }
+    };
+    let tokens = async {
+        let mut set = Vec::new();
+        for _ in 0..40 {
+            set.push(h.token(&cid, &secret));
+        }
+        for r in futures_util::future::join_all(set).await {
+            assert_eq!(r.status, StatusCode::OK, "{r:?}");
+        }
+    };
+    tokio::join!(edits, tokens);
+}
+
+mod concurrency {
+    use super::*;
+
+    /// On a multi-threaded runtime, so requests really overlap.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn sqlite() {
+        let h = harness(Backend::Sqlite).await.unwrap();
+        edits_and_token_requests_run_concurrently(&h).await;
+        h.finish().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn postgres() {
+        let Some(h) = harness(Backend::Postgres).await else {
+            return;
+        };
+        edits_and_token_requests_run_concurrently(&h).await;
+        h.finish().await;
+    }
+}
