@@ -495,3 +495,64 @@ mod concurrency {
         h.finish().await;
     }
 }
+
+/// Two admin processes on one database (PostgreSQL in production): the
+/// SQL unique constraint, not the in-process lock, decides the race.
+async fn concurrent_creates_across_processes_yield_one_application(h: &Harness) {
+    let other_sink = std::sync::Arc::new(RecordingSink::default());
+    let (other, _) = sensegate_admin::Admin::open(h.cfg.clone(), other_sink)
+        .await
+        .unwrap();
+    let other_router = other.router();
+    for round in 0..5 {
+        let name = format!("Contested {round}");
+        let req = || {
+            axum::http::Request::post("/api/v1/applications")
+                .header("authorization", format!("Bearer {}", h.key))
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(
+                    json!({"name": name, "expiresAt": in_days(1)}).to_string(),
+                ))
+                .unwrap()
+        };
+        use tower::ServiceExt as _;
+        let (a, b) = tokio::join!(
+            h.router.clone().oneshot(req()),
+            other_router.clone().oneshot(req())
+        );
+        let mut statuses = [a.unwrap().status(), b.unwrap().status()];
+        statuses.sort();
+        assert_eq!(
+            statuses,
+            [StatusCode::CREATED, StatusCode::CONFLICT],
+            "round {round}"
+        );
+    }
+    assert_eq!(
+        h.get("/api/v1/applications").await.body["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
+}
+
+mod across_processes {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn sqlite() {
+        let h = harness(Backend::Sqlite).await.unwrap();
+        concurrent_creates_across_processes_yield_one_application(&h).await;
+        h.finish().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn postgres() {
+        let Some(h) = harness(Backend::Postgres).await else {
+            return;
+        };
+        concurrent_creates_across_processes_yield_one_application(&h).await;
+        h.finish().await;
+    }
+}
