@@ -82,6 +82,19 @@ struct Inner {
     signer: keys::SignerCache,
 }
 
+/// An [`AccessSink`] that drops every snapshot: for a process that changes
+/// the database without serving the data plane (the `sensegate admin …`
+/// CLI). A running server picks such changes up on its next snapshot, and
+/// publishes a signing key made elsewhere before signing with it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DiscardSink;
+
+impl AccessSink for DiscardSink {
+    fn install(&self, _snapshot: Snapshot) -> Result<(), sensegate_broker::access::SnapshotError> {
+        Ok(())
+    }
+}
+
 /// Fresh credentials of the demo setup, for the binary to print.
 #[derive(Debug, Clone)]
 pub struct DemoSeed {

@@ -516,6 +516,31 @@ mod tests {
         }
     }
 
+    /// Property: whatever a client id and secret contain (colons, `%`, `+`,
+    /// spaces, non-ASCII), encoding them as RFC 6749 §2.3.1 says and parsing
+    /// gives them back.
+    #[test]
+    fn basic_round_trips_any_credentials() {
+        use rand::seq::SliceRandom as _;
+        use rand::{Rng as _, SeedableRng as _};
+        let alphabet: Vec<char> = "aZ09:%+ &=/?#~-_.é€😀\"".chars().collect();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(6749);
+        let mut word = |rng: &mut rand::rngs::StdRng| -> String {
+            let len = rng.gen_range(1..24);
+            (0..len).map(|_| *alphabet.choose(rng).unwrap()).collect()
+        };
+        for _ in 0..2000 {
+            let (id, secret) = (word(&mut rng), word(&mut rng));
+            let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            let raw = format!("{}:{}", enc(&id), enc(&secret));
+            assert_eq!(
+                parse(&basic(&raw), b"grant_type=client_credentials"),
+                creds(&id, &secret),
+                "{id:?} {secret:?}"
+            );
+        }
+    }
+
     #[test]
     fn basic_scheme_is_case_insensitive_and_others_refused() {
         let grant = b"grant_type=client_credentials";
