@@ -525,7 +525,7 @@ mod tests {
         use rand::{Rng as _, SeedableRng as _};
         let alphabet: Vec<char> = "aZ09:%+ &=/?#~-_.é€😀\"".chars().collect();
         let mut rng = rand::rngs::StdRng::seed_from_u64(6749);
-        let mut word = |rng: &mut rand::rngs::StdRng| -> String {
+        let word = |rng: &mut rand::rngs::StdRng| -> String {
             let len = rng.gen_range(1..24);
             (0..len).map(|_| *alphabet.choose(rng).unwrap()).collect()
         };
