@@ -127,6 +127,28 @@ pub(crate) async fn run(scenario: &str, target: Target, plan: Plan, t: &Tuning) 
     let counters = Arc::new(Counters::default());
     let shared = Arc::new(Shared::new(counters.clone()));
 
+    // SenseGate caps the streams one application may hold: spread the
+    // subscribers over enough applications (each sees the same devices, so
+    // the workload does not change).
+    let needed = plan.subscribers.div_ceil(t.streams_per_app);
+    let plan = match target {
+        Target::SenseGate(_) if plan.groups < needed => {
+            if plan.partition {
+                bail!(
+                    "{} subscribers over {} partitioned applications exceed --streams-per-app {}",
+                    plan.subscribers,
+                    plan.groups,
+                    t.streams_per_app
+                );
+            }
+            Plan {
+                groups: needed,
+                ..plan
+            }
+        }
+        _ => plan,
+    };
+
     // Provision and describe every subscription.
     let mut server = None;
     let (target_name, address, specs, keys) = match &target {

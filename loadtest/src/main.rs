@@ -177,6 +177,10 @@ pub(crate) struct Tuning {
     /// QUIC client endpoints (UDP sockets) the devices share.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1024).map(|v| v as usize))]
     pub(crate) endpoints: usize,
+    /// SenseGate's --max-streams-per-app (default 64): subscribers are
+    /// spread over enough applications to stay within it.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1_000_000).map(|v| v as usize))]
+    pub(crate) streams_per_app: usize,
     /// Report this process's CPU and memory as the broker's (a spawned
     /// SenseGate is watched automatically).
     #[arg(long, value_name = "PID")]
