@@ -303,6 +303,7 @@ impl SseEvent {
 pub(crate) struct SseStream {
     body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
     buf: String,
+    pos: usize,
     /// Comment lines seen (heartbeats, `connected`).
     pub(crate) comments: Vec<String>,
 }
@@ -312,16 +313,19 @@ impl SseStream {
         SseStream {
             body: Box::pin(resp.bytes_stream()),
             buf: String::new(),
+            pos: 0,
             comments: Vec::new(),
         }
     }
 
     /// The next event (comments are collected, not returned); `None` at the
-    /// end of the stream or after `timeout` of silence.
+    /// end of the stream or when `timeout` passes without an event.
     pub(crate) async fn next(&mut self, timeout: Duration) -> Option<SseEvent> {
+        let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if let Some(end) = self.buf.find("\n\n") {
-                let record: String = self.buf.drain(..end + 2).collect();
+            if let Some(end) = self.buf[self.pos..].find("\n\n") {
+                let record = &self.buf[self.pos..self.pos + end];
+                self.pos += end + 2;
                 let mut ev = SseEvent::default();
                 let mut is_event = false;
                 for line in record.lines() {
@@ -348,7 +352,10 @@ impl SseStream {
                 }
                 continue;
             }
-            match tokio::time::timeout(timeout, self.body.next()).await {
+            // Keep the unparsed tail only.
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+            match tokio::time::timeout_at(deadline, self.body.next()).await {
                 Ok(Some(Ok(chunk))) => self.buf.push_str(&String::from_utf8_lossy(&chunk)),
                 _ => return None,
             }

@@ -6,3 +6,5 @@ mod harness;
 mod stream_refuses_bad_credentials;
 mod telemetry_reaches_only_permitted_applications;
 mod resume_never_loses_or_repeats;
+mod stream_options_are_enforced;
+mod streams_survive_proxies_and_expiry;
