@@ -263,18 +263,15 @@ pub(crate) async fn run(
                 (due - sent).min(batch)
             }
             None => {
-                if pace.fanout > 0 {
-                    let c = &counters;
-                    if c.expected
-                        .load(Relaxed)
-                        .saturating_sub(c.delivered.load(Relaxed))
-                        > pace.window
-                    {
-                        // Subscribers are behind: wait for them (1 ms is the
-                        // timer's granularity; the window covers far more).
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                        continue;
-                    }
+                if pace.fanout > 0 && counters.in_flight() > pace.window {
+                    // Subscribers are behind: wait for them to catch up.
+                    counters
+                        .wait_in_flight(
+                            pace.window,
+                            until.saturating_duration_since(Instant::now()),
+                        )
+                        .await;
+                    continue;
                 }
                 batch
             }

@@ -1,10 +1,12 @@
 //! Counters shared by the workers, latency histograms, and process CPU and
 //! memory read from `/proc`.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
 
 /// Latencies are recorded in nanoseconds, 3 significant digits, 1 µs to 60 s.
 pub(crate) fn new_histogram() -> Histogram<u64> {
@@ -33,6 +35,10 @@ pub(crate) struct Counters {
     pub(crate) bytes: AtomicU64,
     /// Failed operations.
     pub(crate) errors: AtomicU64,
+    /// A publisher is waiting for deliveries to catch up.
+    waiting: AtomicBool,
+    /// Wakes that publisher.
+    caught_up: Notify,
 }
 
 /// A copy of [`Counters`] at one instant.
@@ -48,6 +54,41 @@ pub(crate) struct Snapshot {
 }
 
 impl Counters {
+    /// Counts `n` deliveries and wakes a publisher waiting for them (one
+    /// relaxed load per read when nobody waits).
+    pub(crate) fn delivered(&self, n: u64) {
+        self.delivered.fetch_add(n, Relaxed);
+        if self.waiting.load(Relaxed) && self.waiting.swap(false, Relaxed) {
+            self.caught_up.notify_waiters();
+        }
+    }
+
+    /// Deliveries expected but not yet made.
+    pub(crate) fn in_flight(&self) -> u64 {
+        self.expected
+            .load(Relaxed)
+            .saturating_sub(self.delivered.load(Relaxed))
+    }
+
+    /// Waits until at most `window` deliveries are in flight (or `limit`
+    /// passes, whatever happens to the subscribers).
+    pub(crate) async fn wait_in_flight(&self, window: u64, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.in_flight() > window && tokio::time::Instant::now() < deadline {
+            let woken = self.caught_up.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            self.waiting.store(true, Relaxed);
+            // Deliveries may have landed between the check and `enable`.
+            if self.in_flight() <= window {
+                break;
+            }
+            // A reader that saw `waiting` before it was set would not wake
+            // us: the 1 ms timeout bounds that race.
+            let _ = tokio::time::timeout(Duration::from_millis(1), woken).await;
+        }
+    }
+
     /// Reads every counter.
     pub(crate) fn snapshot(&self) -> Snapshot {
         Snapshot {
@@ -287,8 +328,26 @@ mod tests {
         c.sent.fetch_add(5, Relaxed);
         let a = c.snapshot();
         c.sent.fetch_add(7, Relaxed);
-        c.delivered.fetch_add(3, Relaxed);
+        c.delivered(3);
         let d = c.snapshot().since(&a);
         assert_eq!((d.sent, d.delivered), (7, 3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn publishers_wait_for_the_window() {
+        let c = std::sync::Arc::new(Counters::default());
+        c.expected.fetch_add(100, Relaxed);
+        let waiter = {
+            let c = c.clone();
+            tokio::spawn(async move { c.wait_in_flight(10, Duration::from_secs(60)).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        c.delivered(95);
+        waiter.await.unwrap();
+        assert_eq!(c.in_flight(), 5);
+        // With nobody delivering, the limit ends the wait.
+        c.expected.fetch_add(100, Relaxed);
+        c.wait_in_flight(10, Duration::from_secs(1)).await;
     }
 }

@@ -267,7 +267,7 @@ fn report(
 ) {
     let t = decoder.tally();
     let c = &shared.counters;
-    c.delivered.fetch_add(t.events - reported.events, Relaxed);
+    c.delivered(t.events - reported.events);
     c.bytes.fetch_add(bytes as u64, Relaxed);
     if t.gaps != reported.gaps {
         c.gaps.fetch_add(t.gaps - reported.gaps, Relaxed);

@@ -75,7 +75,7 @@ pub(crate) async fn run(
                 match result {
                     Ok(()) => {
                         record(&mut hist, now_ns() - t0);
-                        shared.counters.delivered.fetch_add(1, Relaxed);
+                        shared.counters.delivered(1);
                     }
                     Err(e) => shared.error(format!("{e:#}")),
                 }
