@@ -62,7 +62,29 @@ pub(crate) fn router(admin: Admin) -> Router {
         )
         .route("/.well-known/jwks.json", get(jwks))
         .route("/.well-known/openid-configuration", get(discovery))
+        // Only the routes above: the broker's merged routes keep theirs.
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(admin)
+}
+
+/// An unknown path under `/api/v1`.
+async fn not_found() -> ApiError {
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        code: "not_found",
+        message: "no such API route; see /api/v1/openapi.json".into(),
+        field: None,
+    }
+}
+
+/// A known path with a method it does not have (axum adds `Allow`).
+async fn method_not_allowed() -> ApiError {
+    ApiError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        code: "method_not_allowed",
+        message: "method not allowed on this route; see the Allow header".into(),
+        field: None,
+    }
 }
 
 /// The documented routes and their OpenAPI document.
@@ -81,7 +103,8 @@ fn routes_and_doc(admin: Admin) -> (Router<Admin>, utoipa::openapi::OpenApi) {
         .routes(routes!(disable_app))
         .routes(routes!(enable_app))
         .routes(routes!(list_audit))
-        .route_layer(middleware::from_fn_with_state(admin, require_admin_key));
+        .route_layer(middleware::from_fn_with_state(admin, require_admin_key))
+        .fallback(not_found);
     let (schemas, paths, token_route) = routes!(token::endpoint);
     let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest(API_PREFIX, api)
@@ -143,8 +166,8 @@ fn secure(doc: &mut utoipa::openapi::OpenApi) {
 /// The body of every admin API error.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct ErrorBody {
-    /// `invalid_request`, `unauthorized`, `not_found`, `conflict` or
-    /// `internal`.
+    /// `invalid_request`, `unauthorized`, `not_found`,
+    /// `method_not_allowed`, `conflict` or `internal`.
     error: &'static str,
     /// What went wrong, for a human.
     message: String,
