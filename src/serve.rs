@@ -48,7 +48,12 @@ pub(crate) struct ServeArgs {
     subscriber_queue: u64,
     /// What a stream whose queue overflows gets: drop the oldest events and
     /// send a `gap` event, or be disconnected (after the `gap` event).
-    #[arg(long, env = "SENSEGATE_SLOW_CONSUMER", value_enum, default_value = "drop-oldest")]
+    #[arg(
+        long,
+        env = "SENSEGATE_SLOW_CONSUMER",
+        value_enum,
+        default_value = "drop-oldest"
+    )]
     slow_consumer: SlowConsumer,
     /// Concurrent streams one application may hold (over it: 429).
     #[arg(long, env = "SENSEGATE_MAX_STREAMS_PER_APP", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]

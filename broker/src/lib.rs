@@ -216,7 +216,11 @@ impl Broker {
         tower_http::cors::CorsLayer::new()
             .allow_origin(origins)
             .allow_methods([Method::GET])
-            .allow_headers([header::AUTHORIZATION, header::ACCEPT, "last-event-id".parse().expect("valid header name")])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::ACCEPT,
+                "last-event-id".parse().expect("valid header name"),
+            ])
             .max_age(Duration::from_secs(600))
     }
 }

@@ -54,11 +54,17 @@ pub fn encode_ws_event_header(id: u64, device_id: &str, out: &mut Vec<u8>) {
 /// Splits and validates one binary message.
 pub fn decode_ws_event(message: &[u8]) -> Result<WsEvent<'_>, FrameError> {
     let short = || FrameError::Invalid("message shorter than its header".into());
-    let id = u64::from_le_bytes(message.get(..8).ok_or_else(short)?.try_into().map_err(|_| short())?);
+    let id = u64::from_le_bytes(
+        message
+            .get(..8)
+            .ok_or_else(short)?
+            .try_into()
+            .map_err(|_| short())?,
+    );
     let n = usize::from(*message.get(8).ok_or_else(short)?);
     let device = message.get(9..9 + n).ok_or_else(short)?;
-    let device_id =
-        std::str::from_utf8(device).map_err(|_| FrameError::Invalid("device id is not UTF-8".into()))?;
+    let device_id = std::str::from_utf8(device)
+        .map_err(|_| FrameError::Invalid("device id is not UTF-8".into()))?;
     let telemetry = validate_telemetry(&message[9 + n..])?;
     Ok(WsEvent {
         id,
@@ -88,7 +94,10 @@ mod tests {
         encode_ws_event_header(7, "dev-1", &mut msg);
         msg.extend_from_slice(&frame[FRAME_HEADER_LEN..]);
         let ev = decode_ws_event(&msg).unwrap();
-        assert_eq!((ev.id, ev.device_id, ev.telemetry.seq.to_native()), (7, "dev-1", 3));
+        assert_eq!(
+            (ev.id, ev.device_id, ev.telemetry.seq.to_native()),
+            (7, "dev-1", 3)
+        );
         for cut in 0..14 {
             assert!(decode_ws_event(&msg[..cut]).is_err());
         }

@@ -205,7 +205,12 @@ impl Server {
     }
 
     /// Sends a stream request with extra headers and returns the raw response.
-    pub(crate) async fn stream_request(&self, token: &str, query: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+    pub(crate) async fn stream_request(
+        &self,
+        token: &str,
+        query: &str,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
         let mut req = self
             .client
             .get(self.url(&format!("/v1/stream/telemetry{query}")))
@@ -223,7 +228,12 @@ impl Server {
     }
 
     /// [`Server::open_stream`] with extra request headers (e.g. `Last-Event-ID`).
-    pub(crate) async fn open_stream_with(&self, token: &str, query: &str, headers: &[(&str, &str)]) -> SseStream {
+    pub(crate) async fn open_stream_with(
+        &self,
+        token: &str,
+        query: &str,
+        headers: &[(&str, &str)],
+    ) -> SseStream {
         let resp = self.stream_request(token, query, headers).await;
         assert_eq!(resp.status(), 200, "stream status");
         assert_eq!(
@@ -243,14 +253,21 @@ impl Server {
     /// Publishes `n` readings (`value` = 0..n) for `device`; panics on failure.
     pub(crate) fn publish_n(&self, device: &str, key: &str, n: usize) {
         let out = self.publish(device, key, &readings(n));
-        assert!(out.status.success(), "publish: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "publish: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// The `sensegate publish` command, not yet started.
     pub(crate) fn publish_command(&self, device: &str, key: &str, lines: &str) -> Command {
         static RUN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let run = RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let file = self.data_dir.path().join(format!("publish-{device}-{run}.jsonl"));
+        let file = self
+            .data_dir
+            .path()
+            .join(format!("publish-{device}-{run}.jsonl"));
         std::fs::write(&file, lines).expect("write lines");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sensegate"));
         cmd.arg("publish")
@@ -264,7 +281,8 @@ impl Server {
 
     /// Resident memory of the server process, in KiB.
     pub(crate) fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -276,7 +294,12 @@ impl Server {
 /// `n` JSON-lines readings, `{"value": i}` for i in 0..n.
 pub(crate) fn readings(n: usize) -> String {
     (0..n)
-        .map(|i| format!("{{\"ts\":{},\"readings\":{{\"value\":{i}}}}}\n", 1_700_000_000_000u64 + i as u64))
+        .map(|i| {
+            format!(
+                "{{\"ts\":{},\"readings\":{{\"value\":{i}}}}}\n",
+                1_700_000_000_000u64 + i as u64
+            )
+        })
         .collect()
 }
 
@@ -291,7 +314,10 @@ pub(crate) struct SseEvent {
 impl SseEvent {
     /// The numeric `id:`.
     pub(crate) fn id(&self) -> u64 {
-        self.id.as_deref().and_then(|i| i.parse().ok()).unwrap_or_else(|| panic!("no id on {self:?}"))
+        self.id
+            .as_deref()
+            .and_then(|i| i.parse().ok())
+            .unwrap_or_else(|| panic!("no id on {self:?}"))
     }
 
     pub(crate) fn json(&self) -> Value {

@@ -3,8 +3,9 @@
 
 mod harness;
 
-mod stream_refuses_bad_credentials;
-mod telemetry_reaches_only_permitted_applications;
 mod resume_never_loses_or_repeats;
 mod stream_options_are_enforced;
+mod stream_refuses_bad_credentials;
 mod streams_survive_proxies_and_expiry;
+mod telemetry_reaches_only_permitted_applications;
+mod websocket_streams_behave;

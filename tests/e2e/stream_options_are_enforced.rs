@@ -17,11 +17,22 @@ async fn device_and_kind_filters_narrow_the_stream() {
     let (id, secret) = server.create_app("filtered", &["a", "b"], true).await;
     let token = server.token(&id, &secret).await;
 
-    let resp = server.stream_request(&token, "?devices=a,secret", &[]).await;
+    let resp = server
+        .stream_request(&token, "?devices=a,secret", &[])
+        .await;
     assert_eq!(resp.status(), 403);
     let body: Value = resp.json().await.unwrap();
-    assert!(body["error_description"].as_str().unwrap().contains("secret"));
-    assert_eq!(server.stream_request(&token, "?kinds=alarm", &[]).await.status(), 400);
+    assert!(body["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("secret"));
+    assert_eq!(
+        server
+            .stream_request(&token, "?kinds=alarm", &[])
+            .await
+            .status(),
+        400
+    );
 
     let mut only_b = server.open_stream(&token, "?devices=b").await;
     let mut only_anomalies = server.open_stream(&token, "?kinds=anomaly").await;
@@ -47,7 +58,10 @@ async fn too_many_streams_for_one_application_get_429() {
     let _second = server.open_stream(&token, "").await;
     let third = server.stream_request(&token, "", &[]).await;
     assert_eq!(third.status(), 429);
-    assert_eq!(third.json::<Value>().await.unwrap()["error"], "too_many_streams");
+    assert_eq!(
+        third.json::<Value>().await.unwrap()["error"],
+        "too_many_streams"
+    );
     // Closing one frees its place.
     drop(first);
     for _ in 0..50 {
@@ -75,7 +89,10 @@ async fn browsers_use_the_query_token_and_cors() {
         .await
         .unwrap();
     assert!(preflight.status().is_success());
-    assert_eq!(preflight.headers()["access-control-allow-origin"], "https://dash.example");
+    assert_eq!(
+        preflight.headers()["access-control-allow-origin"],
+        "https://dash.example"
+    );
     let resp = server
         .client
         .get(server.url(&format!("/v1/stream/telemetry?access_token={token}")))
@@ -84,7 +101,10 @@ async fn browsers_use_the_query_token_and_cors() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(resp.headers()["access-control-allow-origin"], "https://dash.example");
+    assert_eq!(
+        resp.headers()["access-control-allow-origin"],
+        "https://dash.example"
+    );
     let mut stream = crate::harness::SseStream::new(resp);
     server.publish_n("d", &key, 1);
     stream.collect_until(WAIT, |e| e.len() == 1).await;
@@ -98,7 +118,10 @@ async fn browsers_use_the_query_token_and_cors() {
     assert!(other.headers().get("access-control-allow-origin").is_none());
     drop(other);
     let logs = server.output.lock().unwrap().clone();
-    assert!(!logs.contains(&token), "the query token must never be logged");
+    assert!(
+        !logs.contains(&token),
+        "the query token must never be logged"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,12 +136,20 @@ async fn a_stalled_subscriber_neither_grows_memory_nor_slows_a_healthy_one() {
     let mut healthy = server.open_stream(&token, "").await;
     let rss_before = server.rss_kib();
     const N: usize = 40_000;
-    let publisher = server.publish_command("d", &key, &crate::harness::readings(N)).spawn().unwrap();
+    let publisher = server
+        .publish_command("d", &key, &crate::harness::readings(N))
+        .spawn()
+        .unwrap();
     let got = healthy
-        .collect_until(WAIT, |e| e.len() == N || e.last().is_some_and(|e| e.event == "gap"))
+        .collect_until(WAIT, |e| {
+            e.len() == N || e.last().is_some_and(|e| e.event == "gap")
+        })
         .await;
     assert_eq!(got.len(), N, "the healthy reader must not lose anything");
-    let seqs_ok = got.iter().enumerate().all(|(i, e)| e.json()["seq"] == i as u64 + 1);
+    let seqs_ok = got
+        .iter()
+        .enumerate()
+        .all(|(i, e)| e.json()["seq"] == i as u64 + 1);
     assert!(seqs_ok, "the healthy reader gets every event in order");
     let mut publisher = publisher;
     assert!(publisher.wait().unwrap().success());
@@ -136,7 +167,15 @@ async fn a_stalled_subscriber_neither_grows_memory_nor_slows_a_healthy_one() {
     }
     let gap = saw_gap.expect("a gap event for the dropped events");
     assert_eq!(gap["reason"], "slow-consumer");
-    let metrics = server.client.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = server
+        .client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let dropped: f64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("sensegate_stream_events_dropped_slow_consumer_total "))

@@ -15,7 +15,10 @@ async fn idle_stream_gets_headers_at_once_and_heartbeats() {
     let token = server.token(&id, &secret).await;
     let started = Instant::now();
     let resp = server.stream_request(&token, "", &[]).await;
-    assert!(started.elapsed() < Duration::from_millis(900), "headers must not wait for data");
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "headers must not wait for data"
+    );
     assert_eq!(resp.status(), 200);
     let h = resp.headers();
     assert_eq!(h["content-type"], "text/event-stream");
@@ -27,7 +30,12 @@ async fn idle_stream_gets_headers_at_once_and_heartbeats() {
     assert!(stream.next(Duration::from_millis(2_500)).await.is_none());
     assert!(stream.comments.iter().any(|c| c == "connected"));
     assert!(
-        stream.comments.iter().filter(|c| *c == "keep-alive").count() >= 2,
+        stream
+            .comments
+            .iter()
+            .filter(|c| *c == "keep-alive")
+            .count()
+            >= 2,
         "{:?}",
         stream.comments
     );
@@ -47,8 +55,14 @@ async fn token_expiry_closes_at_exp_and_a_new_token_resumes_the_gap() {
     let end = stream.collect_until(WAIT, |e| !e.is_empty()).await;
     assert_eq!(end[0].event, "token-expired");
     let lived = opened.elapsed();
-    assert!(lived >= Duration::from_millis(1_500) && lived < Duration::from_secs(5), "closed after {lived:?}");
-    assert!(stream.next(Duration::from_secs(2)).await.is_none(), "stream must end after token-expired");
+    assert!(
+        lived >= Duration::from_millis(1_500) && lived < Duration::from_secs(5),
+        "closed after {lived:?}"
+    );
+    assert!(
+        stream.next(Duration::from_secs(2)).await.is_none(),
+        "stream must end after token-expired"
+    );
 
     // Events published while the client had no stream are not lost.
     server.publish_n("d", &key, 5);
@@ -57,7 +71,10 @@ async fn token_expiry_closes_at_exp_and_a_new_token_resumes_the_gap() {
         .open_stream_with(&fresh, "", &[("Last-Event-ID", &last.to_string())])
         .await;
     let resumed = stream.collect_until(WAIT, |e| e.len() == 5).await;
-    let seqs: Vec<u64> = resumed.iter().map(|e| e.json()["seq"].as_u64().unwrap()).collect();
+    let seqs: Vec<u64> = resumed
+        .iter()
+        .map(|e| e.json()["seq"].as_u64().unwrap())
+        .collect();
     assert_eq!(seqs, [6, 7, 8, 9, 10]);
 }
 
@@ -66,7 +83,10 @@ async fn http2_stream_leaves_the_connection_usable() {
     let server = Server::start(&[]);
     let key = server.create_device("d").await;
     let (id, secret) = server.create_app("h2", &["d"], false).await;
-    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
     let token = server.token(&id, &secret).await;
     let resp = h2
         .get(server.url("/v1/stream/telemetry"))

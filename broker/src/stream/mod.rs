@@ -109,7 +109,8 @@ fn resume_from(headers: &HeaderMap, params: &StreamParams) -> ResumeFrom {
     }
 }
 
-fn kinds(list: Option<&str>) -> Result<(bool, bool), Response> {
+/// Parses `kinds=`: `(readings, anomalies)`, or what is wrong with it.
+fn kinds(list: Option<&str>) -> Result<(bool, bool), String> {
     let Some(list) = list else {
         return Ok((true, true));
     };
@@ -119,20 +120,14 @@ fn kinds(list: Option<&str>) -> Result<(bool, bool), Response> {
             "telemetry" | "reading" => kinds.0 = true,
             "anomaly" => kinds.1 = true,
             other => {
-                return Err(error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    &format!("unknown kind {other:?}: use telemetry and/or anomaly"),
+                return Err(format!(
+                    "unknown kind {other:?}: use telemetry and/or anomaly"
                 ))
             }
         }
     }
     if kinds == (false, false) {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "kinds names no kind: use telemetry and/or anomaly",
-        ));
+        return Err("kinds names no kind: use telemetry and/or anomaly".into());
     }
     Ok(kinds)
 }
@@ -180,7 +175,7 @@ pub(crate) async fn stream_telemetry(
     };
     let (want_readings, want_anomalies) = match kinds(params.kinds.as_deref()) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(why) => return error(StatusCode::BAD_REQUEST, "invalid_request", &why),
     };
     let Some(permit) = acquire(&shared, &claims.app) else {
         shared.metrics.stream_refused("too_many_streams");
@@ -230,7 +225,10 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(bearer(&h, &q), Some("q"));
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("bEaReR abc"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bEaReR abc"),
+        );
         assert_eq!(bearer(&h, &q), Some("abc"));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
         assert_eq!(bearer(&h, &q), None);

@@ -131,8 +131,7 @@ impl Session {
                 // earlier boot, or older than the rings cannot be replayed
                 // exactly: say so before anything else.
                 let unknown = after > joined_at;
-                let evicted =
-                    r.evicted_through > after || after + 1 < shared.router.boot_floor();
+                let evicted = r.evicted_through > after || after + 1 < shared.router.boot_floor();
                 if unknown || evicted {
                     let reason = if unknown {
                         "unknown-last-event-id"

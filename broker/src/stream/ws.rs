@@ -159,9 +159,11 @@ fn message(item: &Item, binary: bool) -> Message {
             out.push(b'}');
             text(out)
         }
-        Item::Control { event, data } => {
-            text(serde_json::json!({ "event": event, "data": data }).to_string().into_bytes())
-        }
+        Item::Control { event, data } => text(
+            serde_json::json!({ "event": event, "data": data })
+                .to_string()
+                .into_bytes(),
+        ),
         Item::KeepAlive => Message::Ping(Bytes::new()),
     }
 }
