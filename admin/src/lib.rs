@@ -37,6 +37,7 @@ mod limiter;
 mod secret;
 mod tenants;
 mod token;
+mod ui;
 mod validate;
 
 pub use audit::AuditEntry;
@@ -142,13 +143,14 @@ impl Admin {
 
     /// The axum router for the admin API (`/api/v1/…`), the token endpoint
     /// (`/connect/token`) and the discovery documents
-    /// (`/.well-known/jwks.json`, `/.well-known/openid-configuration`).
+    /// (`/.well-known/jwks.json`, `/.well-known/openid-configuration`),
+    /// and the operator's web page (`/admin/`, embedded in the binary).
     ///
     /// The token endpoint's per-address brute-force limit needs the peer
     /// address: serve with
     /// `into_make_service_with_connect_info::<std::net::SocketAddr>()`.
     pub fn router(&self) -> axum::Router {
-        api::router(self.clone())
+        api::router(self.clone()).merge(ui::routes())
     }
 
     /// The full current permission snapshot, read from the database.

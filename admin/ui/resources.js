@@ -1,0 +1,182 @@
+// Devices and device groups: simple pages so the whole flow works from the browser.
+import { api, all, page, enc } from './api.js';
+import { h, mount, localDateTime, toast, confirmDialog } from './dom.js';
+import { field, showErrors, multiSelect, rowMenu } from './widgets.js';
+import { apiErrorToForm, ingestKeyDialog } from './apps.js';
+
+/** A paged table with a name filter and "Load more". */
+function pagedTable({ path, label, columns, row, emptyText }) {
+  const tbody = h('tbody');
+  const more = h('button', { type: 'button', class: 'btn', hidden: true }, 'Load more');
+  const empty = h('p', { class: 'empty', hidden: true }, emptyText);
+  const filter = h('input', { type: 'search', placeholder: 'Filter by name', 'aria-label': `Filter ${label} by name` });
+  let cursor = null;
+  const refreshEmpty = () => { empty.hidden = tbody.rows.length > 0; };
+  async function load(reset) {
+    if (reset) { cursor = null; tbody.replaceChildren(); }
+    const p = await page(path, { cursor, name: filter.value.trim() });
+    tbody.append(...p.items.map((it) => row(it, refreshEmpty)));
+    cursor = p.nextCursor;
+    more.hidden = !cursor;
+    refreshEmpty();
+  }
+  const fail = (e) => toast(e.message, 'error');
+  more.addEventListener('click', () => load(false).catch(fail));
+  let timer;
+  filter.addEventListener('input', () => { clearTimeout(timer); timer = setTimeout(() => load(true).catch(fail), 250); });
+  const el = [
+    h('div', { class: 'toolbar' }, filter),
+    h('div', { class: 'card' }, h('table', { class: 'grid', 'aria-label': label },
+      h('thead', {}, h('tr', {}, columns.map((c) => h('th', { scope: 'col' }, c)),
+        h('th', { scope: 'col', class: 'row-actions' }, h('span', { class: 'sr-only' }, 'Actions')))),
+      tbody), empty),
+    h('div', { class: 'pager' }, more),
+  ];
+  return { el, load: () => load(true) };
+}
+
+async function removeRow(tr, what, name, path, refresh, body) {
+  const ok = await confirmDialog({ title: `Delete ${name}?`, body, action: 'Delete', danger: true });
+  if (!ok) return;
+  try {
+    await api('DELETE', path);
+    tr.remove();
+    refresh();
+    toast(`${what} ${name} deleted.`);
+  } catch (e) { toast(e.message, 'error'); }
+}
+
+// --- devices ---
+
+export async function devicesPage(main) {
+  const table = pagedTable({
+    path: '/devices', label: 'Devices', columns: ['Device ID', 'Name', 'Status', 'Created At'],
+    emptyText: 'No devices yet.',
+    row(d, refresh) {
+      const status = h('td');
+      const paint = () => mount(status, h('span', { class: `badge ${d.enabled ? 'enabled' : 'disabled'}` }, d.enabled ? 'Enabled' : 'Disabled'));
+      paint();
+      const tr = h('tr', { 'data-id': d.id },
+        h('td', {}, h('code', {}, d.id)), h('td', {}, d.name), status,
+        h('td', {}, localDateTime(d.createdAt)),
+        h('td', { class: 'row-actions' }, rowMenu(`Actions for ${d.name}`, () => [
+          {
+            label: d.enabled ? 'Disable' : 'Enable',
+            run: async () => {
+              try {
+                Object.assign(d, await api('POST', `/devices/${enc(d.id)}/${d.enabled ? 'disable' : 'enable'}`));
+                paint();
+              } catch (e) { toast(e.message, 'error'); }
+            },
+          },
+          {
+            label: 'Rotate Ingest Key',
+            run: async () => {
+              const ok = await confirmDialog({
+                title: `Rotate the ingest key of ${d.name}?`,
+                body: 'The device must be reconfigured with the new key; the current key stops working.',
+                action: 'Rotate Key', danger: true,
+              });
+              if (!ok) return;
+              try { await ingestKeyDialog(await api('POST', `/devices/${enc(d.id)}/rotate-key`)); } catch (e) { toast(e.message, 'error'); }
+            },
+          },
+          {
+            label: 'Delete', danger: true,
+            run: () => removeRow(tr, 'Device', d.name, `/devices/${enc(d.id)}`, refresh,
+              'The device is removed from every group and application and can no longer publish.'),
+          },
+        ])));
+      return tr;
+    },
+  });
+
+  const id = h('input', { type: 'text', required: true, maxlength: '64', autocomplete: 'off', pattern: '[A-Za-z0-9._\\-]+' });
+  const name = h('input', { type: 'text', required: true, maxlength: '100', autocomplete: 'off' });
+  const banner = h('p', { class: 'banner error', role: 'alert', hidden: true });
+  const form = h('form', { class: 'form card inline-form', novalidate: true, 'aria-label': 'Create device' },
+    banner,
+    h('div', { class: 'row' },
+      field('id', 'Device ID', id, 'Letters, digits, . _ -'),
+      field('name', 'Name', name),
+      h('div', { class: 'field' }, h('button', { type: 'submit', class: 'btn primary' }, 'Create Device'))));
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    banner.hidden = true;
+    const errors = {};
+    if (!id.value.trim()) errors.id = 'Enter a device id.';
+    if (!name.value.trim()) errors.name = 'Enter a name.';
+    if (!showErrors(form, errors)) return;
+    try {
+      const device = await api('POST', '/devices', { id: id.value.trim(), name: name.value });
+      form.reset();
+      await table.load();
+      await ingestKeyDialog(device);
+      id.focus();
+    } catch (err) { apiErrorToForm(form, banner, err, 'id'); }
+  });
+
+  await table.load();
+  mount(main, h('div', { class: 'page-head' }, h('h1', { tabindex: '-1' }, 'Devices')), form, table.el);
+}
+
+// --- device groups ---
+
+export async function groupsPage(main, go) {
+  const table = pagedTable({
+    path: '/device-groups', label: 'Device groups', columns: ['Name', 'Devices', 'Created At'],
+    emptyText: 'No device groups yet.',
+    row(g, refresh) {
+      const tr = h('tr', { 'data-id': g.id },
+        h('td', {}, h('a', { href: `#/groups/${enc(g.id)}` }, g.name)),
+        h('td', {}, String(g.devices.length)),
+        h('td', {}, localDateTime(g.createdAt)),
+        h('td', { class: 'row-actions' }, rowMenu(`Actions for ${g.name}`, () => [
+          { label: 'Edit', run: () => go(`#/groups/${enc(g.id)}`) },
+          {
+            label: 'Delete', danger: true,
+            run: () => removeRow(tr, 'Group', g.name, `/device-groups/${enc(g.id)}`, refresh,
+              'Applications that name this group lose access to its devices (unless they name them directly).'),
+          },
+        ])));
+      return tr;
+    },
+  });
+  await table.load();
+  mount(main,
+    h('div', { class: 'page-head' },
+      h('h1', { tabindex: '-1' }, 'Device Groups'),
+      h('a', { class: 'btn primary', href: '#/groups/new' }, 'Create Device Group')),
+    table.el);
+}
+
+export async function groupFormPage(main, go, id) {
+  const [group, devices] = await Promise.all([id ? api('GET', `/device-groups/${enc(id)}`) : null, all('/devices')]);
+  const name = h('input', { type: 'text', required: true, maxlength: '100', autocomplete: 'off', value: group?.name ?? '' });
+  const pick = multiSelect({ name: 'devices', label: 'Devices', noun: 'devices', items: devices, selected: group?.devices });
+  const banner = h('p', { class: 'banner error', role: 'alert', hidden: true });
+  const save = h('button', { type: 'submit', class: 'btn primary' }, id ? 'Update' : 'Save');
+  const form = h('form', { class: 'form card', novalidate: true },
+    banner,
+    field('name', 'Group Name', name),
+    field('devices', 'Devices', pick.el),
+    h('div', { class: 'actions' }, h('a', { class: 'btn', href: '#/groups' }, 'Cancel'), save));
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    banner.hidden = true;
+    if (!showErrors(form, name.value.trim() ? {} : { name: 'Enter a name.' })) return;
+    save.disabled = true;
+    try {
+      const body = { name: name.value, devices: pick.value() };
+      await api(id ? 'PATCH' : 'POST', id ? `/device-groups/${enc(id)}` : '/device-groups', body);
+      toast(`Group ${body.name} saved.`);
+      await go('#/groups');
+    } catch (err) {
+      save.disabled = false;
+      apiErrorToForm(form, banner, err, 'name');
+    }
+  });
+  mount(main,
+    h('div', { class: 'page-head' }, h('h1', { tabindex: '-1' }, id ? `Edit ${group.name}` : 'Create Device Group')),
+    form);
+}
