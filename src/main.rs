@@ -2,8 +2,12 @@
 //!
 //! - `sensegate serve [--demo]`: everything in one process on embedded
 //!   defaults (SQLite file, self-signed QUIC certificate, 127.0.0.1).
+//! - `sensegate admin serve` + `sensegate broker`: control plane and data
+//!   plane as separate processes, joined by the permission feed.
+//! - `sensegate admin tenant|key|signing-key`: management on the database.
 //! - `sensegate publish`: a device from the shell (JSON lines over QUIC).
 
+mod admin_cli;
 mod demo;
 mod publish;
 mod serve;
@@ -39,6 +43,10 @@ enum LogFormat {
 enum Command {
     /// Run the broker and the admin in one process.
     Serve(serve::ServeArgs),
+    /// Run the broker alone, following a remote admin's permission feed.
+    Broker(serve::BrokerProcessArgs),
+    /// Run the admin alone, or manage tenants and keys.
+    Admin(admin_cli::AdminArgs),
     /// Send JSON-lines telemetry as one device over QUIC and wait for the acks.
     Publish(publish::PublishArgs),
 }
@@ -65,6 +73,8 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
+            Command::Broker(args) => serve::run_broker(args).await,
+            Command::Admin(args) => admin_cli::run(args).await,
             Command::Publish(args) => publish::run(args).await,
         }
     })

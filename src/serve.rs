@@ -1,4 +1,7 @@
-//! `sensegate serve`: broker + admin in one process.
+//! The three process shapes: `serve` (broker + admin in one process),
+//! `broker` (data plane following a remote admin's feed) and `admin serve`
+//! (control plane serving the feed). They share flag groups, each flag also
+//! read from the environment variable named.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,34 +10,62 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use sensegate_admin::{Admin, AdminConfig};
+use sensegate_broker::access::AccessSink;
+use sensegate_broker::feed::FeedHub;
 use sensegate_broker::router::RingConfig;
 use sensegate_broker::subscriber::OverflowPolicy;
-use sensegate_broker::{Broker, BrokerConfig};
+use sensegate_broker::{Broker, BrokerConfig, Listener, ReadinessProbe};
 use tracing::info;
 
-/// Flags of `sensegate serve`; each also reads the environment variable named.
+/// Where a process listens and keeps its state.
 #[derive(Debug, clap::Args)]
-pub(crate) struct ServeArgs {
-    /// HTTP address: admin API, token endpoint, streams, /metrics, /healthz.
+pub(crate) struct NodeArgs {
+    /// HTTP address: admin API, token endpoint, streams, /metrics, /healthz, /readyz.
     #[arg(long, env = "SENSEGATE_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     http_addr: SocketAddr,
-    /// UDP address of the QUIC device listener.
-    #[arg(long, env = "SENSEGATE_QUIC_ADDR", default_value = "127.0.0.1:4433")]
-    quic_addr: SocketAddr,
     /// Directory for all state (SQLite database, certificate, boot epoch).
     #[arg(long, env = "SENSEGATE_DATA_DIR", default_value = "./sensegate-data")]
-    data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
+}
+
+/// The admin's storage.
+#[derive(Debug, clap::Args)]
+pub(crate) struct StoreArgs {
     /// Database URL; defaults to a SQLite file in the data dir.
     /// `postgres://…` selects PostgreSQL.
     #[arg(long, env = "SENSEGATE_DATABASE_URL")]
     database_url: Option<String>,
+}
+
+impl StoreArgs {
+    pub(crate) fn url(&self, data_dir: &std::path::Path) -> String {
+        self.database_url.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}?mode=rwc",
+                data_dir.join("sensegate.db").display()
+            )
+        })
+    }
+}
+
+/// Token issuance.
+#[derive(Debug, clap::Args)]
+pub(crate) struct TokenArgs {
     /// Token issuer (`iss`); defaults to `http://<bound http address>`.
     #[arg(long, env = "SENSEGATE_ISSUER")]
     issuer: Option<String>,
     /// Access-token lifetime in seconds.
     #[arg(long, env = "SENSEGATE_TOKEN_TTL", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
-    token_ttl: u64,
-    /// Seconds of silence before a stream gets a keep-alive comment.
+    pub(crate) token_ttl: u64,
+}
+
+/// The data plane.
+#[derive(Debug, clap::Args)]
+pub(crate) struct BrokerArgs {
+    /// UDP address of the QUIC device listener.
+    #[arg(long, env = "SENSEGATE_QUIC_ADDR", default_value = "127.0.0.1:4433")]
+    quic_addr: SocketAddr,
+    /// Seconds of silence before a stream gets a keep-alive (SSE comment, WebSocket ping).
     #[arg(long, env = "SENSEGATE_HEARTBEAT", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
     heartbeat: u64,
     /// Events kept per device for `Last-Event-ID` resume.
@@ -61,9 +92,6 @@ pub(crate) struct ServeArgs {
     /// Browser origin allowed to open streams (CORS); repeat or comma-separate.
     #[arg(long, env = "SENSEGATE_CORS_ORIGINS", value_delimiter = ',')]
     cors_origin: Vec<String>,
-    /// Also seed a demo tenant setup and run simulated devices.
-    #[arg(long, env = "SENSEGATE_DEMO")]
-    demo: bool,
 }
 
 /// The slow-consumer policy, as spelled on the command line.
@@ -73,75 +101,231 @@ enum SlowConsumer {
     Disconnect,
 }
 
-pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
-    let http = tokio::net::TcpListener::bind(args.http_addr)
+impl BrokerArgs {
+    fn config(&self, data_dir: PathBuf, issuer: String) -> BrokerConfig {
+        let mut cfg = BrokerConfig::new(data_dir, self.quic_addr, issuer);
+        cfg.heartbeat = Duration::from_secs(self.heartbeat);
+        cfg.ring = RingConfig {
+            max_events: self.ring_events as usize,
+            max_age: Duration::from_secs(self.ring_age),
+        };
+        cfg.subscriber_queue = self.subscriber_queue as usize;
+        cfg.overflow = match self.slow_consumer {
+            SlowConsumer::DropOldest => OverflowPolicy::DropOldest,
+            SlowConsumer::Disconnect => OverflowPolicy::Disconnect,
+        };
+        cfg.max_streams_per_app = self.max_streams_per_app as usize;
+        cfg.cors_origins = self.cors_origin.clone();
+        cfg
+    }
+}
+
+/// Flags of `sensegate serve`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ServeArgs {
+    #[command(flatten)]
+    node: NodeArgs,
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
+    token: TokenArgs,
+    #[command(flatten)]
+    broker: BrokerArgs,
+    /// Also seed a demo tenant setup and run simulated devices.
+    #[arg(long, env = "SENSEGATE_DEMO")]
+    demo: bool,
+}
+
+/// Flags of `sensegate broker`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct BrokerProcessArgs {
+    #[command(flatten)]
+    node: NodeArgs,
+    #[command(flatten)]
+    broker: BrokerArgs,
+    /// Base URL of the admin whose permission feed to follow.
+    #[arg(long, env = "SENSEGATE_ADMIN_URL")]
+    admin_url: String,
+    /// Shared secret the admin's feed endpoint requires.
+    #[arg(long, env = "SENSEGATE_CLUSTER_KEY", hide_env_values = true)]
+    cluster_key: String,
+    /// Expected token issuer (`iss`); defaults to the admin URL.
+    #[arg(long, env = "SENSEGATE_ISSUER")]
+    issuer: Option<String>,
+}
+
+/// Flags of `sensegate admin serve`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct AdminServeArgs {
+    #[command(flatten)]
+    node: NodeArgs,
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
+    token: TokenArgs,
+    /// Shared secret brokers present to follow the permission feed.
+    #[arg(long, env = "SENSEGATE_CLUSTER_KEY", hide_env_values = true)]
+    cluster_key: String,
+}
+
+/// Binds the HTTP listener; returns it with its address.
+async fn bind_http(addr: SocketAddr) -> anyhow::Result<(tokio::net::TcpListener, SocketAddr)> {
+    let http = tokio::net::TcpListener::bind(addr)
         .await
-        .with_context(|| format!("binding HTTP on {}", args.http_addr))?;
-    let http_addr = http.local_addr()?;
-    let issuer = args
-        .issuer
-        .clone()
-        .unwrap_or_else(|| format!("http://{http_addr}"));
+        .with_context(|| format!("binding HTTP on {addr}"))?;
+    let bound = http.local_addr()?;
+    Ok((http, bound))
+}
 
-    let mut broker_cfg = BrokerConfig::new(args.data_dir.clone(), args.quic_addr, issuer.clone());
-    broker_cfg.heartbeat = Duration::from_secs(args.heartbeat);
-    broker_cfg.ring = RingConfig {
-        max_events: args.ring_events as usize,
-        max_age: Duration::from_secs(args.ring_age),
-    };
-    broker_cfg.subscriber_queue = args.subscriber_queue as usize;
-    broker_cfg.overflow = match args.slow_consumer {
-        SlowConsumer::DropOldest => OverflowPolicy::DropOldest,
-        SlowConsumer::Disconnect => OverflowPolicy::Disconnect,
-    };
-    broker_cfg.max_streams_per_app = args.max_streams_per_app as usize;
-    broker_cfg.cors_origins = args.cors_origin.clone();
-    let broker = Broker::new(broker_cfg)?;
-
-    let database_url = args.database_url.clone().unwrap_or_else(|| {
-        format!(
-            "sqlite://{}?mode=rwc",
-            args.data_dir.join("sensegate.db").display()
-        )
-    });
+async fn open_admin(
+    store: &StoreArgs,
+    token: &TokenArgs,
+    data_dir: &std::path::Path,
+    issuer: String,
+    sink: Arc<dyn AccessSink>,
+) -> anyhow::Result<Admin> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
     let (admin, generated_key) = Admin::open(
         AdminConfig {
-            database_url,
-            issuer: issuer.clone(),
-            token_ttl: Duration::from_secs(args.token_ttl),
+            database_url: store.url(data_dir),
+            issuer,
+            token_ttl: Duration::from_secs(token.token_ttl),
             bootstrap_admin_key: std::env::var("SENSEGATE_BOOTSTRAP_ADMIN_KEY").ok(),
         },
-        Arc::new(broker.clone()),
+        sink,
     )
     .await?;
+    if let Some(key) = generated_key {
+        println!("admin key (shown once, store it now): {key}");
+    }
+    Ok(admin)
+}
 
+fn database_probe(admin: &Admin) -> ReadinessProbe {
+    let admin = admin.clone();
+    Arc::new(move || {
+        let admin = admin.clone();
+        Box::pin(async move { admin.ping().await.map_err(|e| e.to_string()) })
+    })
+}
+
+fn start_ingest(broker: &Broker) -> anyhow::Result<Listener> {
     let listener = broker.start_ingest()?;
     if listener.generated_cert {
         info!(path = %listener.cert_path.display(), "generated a self-signed QUIC certificate");
     }
     info!(sha256 = %listener.fingerprint, path = %listener.cert_path.display(), "QUIC certificate");
+    Ok(listener)
+}
 
+/// `sensegate serve`: everything in one process.
+pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let (http, http_addr) = bind_http(args.node.http_addr).await?;
+    let issuer = args
+        .token
+        .issuer
+        .clone()
+        .unwrap_or_else(|| format!("http://{http_addr}"));
+    let broker = Broker::new(
+        args.broker
+            .config(args.node.data_dir.clone(), issuer.clone()),
+    )?;
+    let admin = open_admin(
+        &args.store,
+        &args.token,
+        &args.node.data_dir,
+        issuer,
+        Arc::new(broker.clone()),
+    )
+    .await?;
+    broker.add_readiness_check("database", database_probe(&admin));
+    let listener = start_ingest(&broker)?;
     let app = broker.routes().merge(admin.router());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut server = tokio::spawn(async move {
-        axum::serve(http, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx.await;
-            })
-            .await
-    });
-
-    // One line a script can parse, on stdout.
     println!("listening http={http_addr} quic={}", listener.addr);
-    if let Some(key) = generated_key {
-        println!("admin key (shown once, store it now): {key}");
-    }
     if args.demo {
         crate::demo::start(&admin, http_addr, &listener).await?;
     }
+    serve_until_signal(http, app, Some(&listener)).await
+}
 
+/// `sensegate broker`: the data plane, following a remote admin.
+pub(crate) async fn run_broker(args: BrokerProcessArgs) -> anyhow::Result<()> {
+    let (http, http_addr) = bind_http(args.node.http_addr).await?;
+    let issuer = args
+        .issuer
+        .clone()
+        .unwrap_or_else(|| args.admin_url.trim_end_matches('/').to_owned());
+    let broker = Broker::new(args.broker.config(args.node.data_dir.clone(), issuer))?;
+    broker.follow_feed(args.admin_url.clone(), args.cluster_key.clone());
+    let listener = start_ingest(&broker)?;
+    println!("listening http={http_addr} quic={}", listener.addr);
+    serve_until_signal(http, broker.routes(), Some(&listener)).await
+}
+
+/// `sensegate admin serve`: the control plane, serving the feed.
+pub(crate) async fn run_admin(args: AdminServeArgs) -> anyhow::Result<()> {
+    let (http, http_addr) = bind_http(args.node.http_addr).await?;
+    let issuer = args
+        .token
+        .issuer
+        .clone()
+        .unwrap_or_else(|| format!("http://{http_addr}"));
+    let hub = FeedHub::new(None);
+    let admin = open_admin(
+        &args.store,
+        &args.token,
+        &args.node.data_dir,
+        issuer,
+        hub.clone(),
+    )
+    .await?;
+    let ready = admin.clone();
+    let app = admin
+        .router()
+        .merge(hub.routes(&args.cluster_key))
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            axum::routing::get(move || {
+                let admin = ready.clone();
+                async move {
+                    match admin.ping().await {
+                        Ok(()) => (
+                            axum::http::StatusCode::OK,
+                            axum::Json(serde_json::json!({"ready": true, "checks": {"database": "ok"}})),
+                        ),
+                        Err(e) => (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            axum::Json(serde_json::json!({"ready": false, "checks": {"database": e.to_string()}})),
+                        ),
+                    }
+                }
+            }),
+        );
+    println!("listening http={http_addr}");
+    serve_until_signal(http, app, None).await
+}
+
+/// Serves HTTP (with peer addresses, for the token endpoint's per-address
+/// throttling) until SIGINT/SIGTERM, then stops the QUIC listener and gives
+/// requests in flight [`SHUTDOWN_GRACE`].
+async fn serve_until_signal(
+    http: tokio::net::TcpListener,
+    app: axum::Router,
+    listener: Option<&Listener>,
+) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut server = tokio::spawn(async move {
+        axum::serve(
+            http,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = stop_rx.await;
+        })
+        .await
+    });
     tokio::select! {
         result = &mut server => {
             result??;
@@ -150,7 +334,9 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         _ = shutdown_signal() => {}
     }
     info!("shutting down");
-    listener.close();
+    if let Some(l) = listener {
+        l.close();
+    }
     let _ = stop_tx.send(());
     // Open streams never end by themselves: give requests in flight a moment.
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, server).await;

@@ -153,6 +153,12 @@ impl Admin {
         api::router(self.clone()).merge(ui::routes())
     }
 
+    /// Checks that the database answers (for `/readyz`).
+    pub async fn ping(&self) -> Result<(), AdminError> {
+        sqlx::query("SELECT 1").execute(&self.inner.pool).await?;
+        Ok(())
+    }
+
     /// The full current permission snapshot, read from the database.
     pub async fn snapshot(&self) -> Result<Snapshot, AdminError> {
         let mut conn = self.inner.pool.acquire().await?;

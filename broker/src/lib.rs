@@ -10,6 +10,7 @@
 
 pub mod access;
 pub mod event;
+pub mod feed;
 mod ingest;
 pub mod metrics;
 pub mod router;
@@ -105,7 +106,20 @@ pub(crate) struct Shared {
     pub(crate) access_version: tokio::sync::watch::Sender<u64>,
     pub(crate) metrics: Metrics,
     pub(crate) stream_counts: stream::StreamCounts,
+    /// Whether the QUIC listener is accepting.
+    pub(crate) ingest_up: std::sync::atomic::AtomicBool,
+    /// Whether permissions come from a remote feed (then its state is reported).
+    pub(crate) following: std::sync::atomic::AtomicBool,
+    /// Extra readiness checks registered by the composing binary.
+    pub(crate) probes: parking_lot::Mutex<Vec<(&'static str, ReadinessProbe)>>,
 }
+
+/// A readiness check: `Err(reason)` when not ready.
+pub type ReadinessProbe = Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// The broker. Cheap to clone.
 #[derive(Clone)]
@@ -124,11 +138,15 @@ pub struct Listener {
     /// Path of the certificate (PEM) devices can trust.
     pub cert_path: PathBuf,
     endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
 }
 
 impl Listener {
     /// Stops accepting and closes every device session.
     pub fn close(&self) {
+        self.shared
+            .ingest_up
+            .store(false, std::sync::atomic::Ordering::Release);
         self.endpoint.close(
             sensegate_ingest_proto::RejectCode::ShuttingDown
                 .as_u32()
@@ -153,6 +171,9 @@ impl Broker {
                 access_version,
                 metrics: Metrics::new(),
                 stream_counts: Default::default(),
+                ingest_up: Default::default(),
+                following: Default::default(),
+                probes: Default::default(),
                 cfg,
             }),
         })
@@ -180,7 +201,11 @@ impl Broker {
             .local_addr()
             .map_err(|e| BrokerError::Bind(addr, e))?;
         tokio::spawn(ingest::accept_loop(endpoint.clone(), self.shared.clone()));
+        self.shared
+            .ingest_up
+            .store(true, std::sync::atomic::Ordering::Release);
         Ok(Listener {
+            shared: self.shared.clone(),
             addr: bound,
             fingerprint: identity.fingerprint,
             generated_cert: identity.generated,
@@ -198,11 +223,26 @@ impl Broker {
             .merge(stream)
             .route("/metrics", get(metrics_handler))
             .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(readyz))
             .with_state(self.shared.clone())
     }
 }
 
 impl Broker {
+    /// Adds a check `/readyz` runs (e.g. "database").
+    pub fn add_readiness_check(&self, name: &'static str, probe: ReadinessProbe) {
+        self.shared.probes.lock().push((name, probe));
+    }
+
+    /// Follows the admin's permission feed in the background (separate
+    /// processes); see [`feed`].
+    pub fn follow_feed(&self, admin_url: String, cluster_key: String) {
+        self.shared
+            .following
+            .store(true, std::sync::atomic::Ordering::Release);
+        tokio::spawn(feed::follow(self.clone(), admin_url, cluster_key));
+    }
+
     /// CORS for browsers' EventSource/WebSocket on the configured origins.
     fn cors(&self) -> tower_http::cors::CorsLayer {
         use axum::http::{header, HeaderValue, Method};
@@ -233,9 +273,73 @@ impl AccessSink for Broker {
             return Ok(());
         }
         self.shared.access.store(Arc::new(table));
+        self.shared
+            .metrics
+            .feed_version
+            .set(snapshot.version as i64);
         self.shared.access_version.send_replace(snapshot.version);
         Ok(())
     }
+}
+
+/// `/readyz`: 200 when the broker can do its job, 503 naming what is not
+/// ready. A disconnected feed is reported but does not fail readiness: the
+/// broker keeps serving with the last table it had.
+async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    use std::sync::atomic::Ordering;
+    let mut ready = true;
+    let mut checks = serde_json::Map::new();
+    let version = shared.access.load().version;
+    let mut check = |name: &str, result: Result<String, String>| {
+        let value = match result {
+            Ok(s) => s,
+            Err(e) => {
+                ready = false;
+                e
+            }
+        };
+        checks.insert(name.to_owned(), value.into());
+    };
+    check(
+        "permissions",
+        if version > 0 {
+            Ok(format!("ok (version {version})"))
+        } else {
+            Err("no permission table loaded yet".into())
+        },
+    );
+    check(
+        "quic",
+        if shared.ingest_up.load(Ordering::Acquire) {
+            Ok("ok".into())
+        } else {
+            Err("QUIC listener not running".into())
+        },
+    );
+    if shared.following.load(Ordering::Acquire) {
+        let connected = shared.metrics.feed_connected.get() == 1;
+        check(
+            "feed",
+            Ok(if connected {
+                "ok".into()
+            } else {
+                format!("disconnected from the admin; serving version {version}")
+            }),
+        );
+    }
+    let probes: Vec<_> = shared.probes.lock().clone();
+    for (name, probe) in probes {
+        check(name, probe().await.map(|()| "ok".into()));
+    }
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(serde_json::json!({ "ready": ready, "checks": checks })),
+    )
 }
 
 async fn metrics_handler(State(shared): State<Arc<Shared>>) -> impl IntoResponse {

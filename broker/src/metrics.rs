@@ -32,6 +32,16 @@ pub struct Metrics {
     /// Time from acceptance at ingest to the write of the batch holding it.
     pub delivery_latency: Histogram,
     stream_refusals: IntCounterVec,
+    /// 1 while following the admin's feed (separate processes), else 0.
+    pub feed_connected: IntGauge,
+    /// Feed (re)connection attempts.
+    pub feed_reconnects: IntCounter,
+    /// Versions the broker is behind the admin, as of the last heartbeat.
+    pub feed_lag: IntGauge,
+    /// Version of the permission table in force.
+    pub feed_version: IntGauge,
+    /// Time to compile and swap in a new permission table.
+    pub feed_reload_seconds: Histogram,
 }
 
 impl Metrics {
@@ -114,9 +124,37 @@ impl Metrics {
                 &["reason"],
             )
             .expect("valid metric"),
+            feed_connected: IntGauge::new(
+                "sensegate_feed_connected",
+                "1 while the broker follows the admin's permission feed",
+            )
+            .expect("valid metric"),
+            feed_reconnects: IntCounter::new(
+                "sensegate_feed_reconnects_total",
+                "Permission feed (re)connection attempts",
+            )
+            .expect("valid metric"),
+            feed_lag: IntGauge::new(
+                "sensegate_feed_lag_versions",
+                "Permission versions the broker is behind the admin",
+            )
+            .expect("valid metric"),
+            feed_version: IntGauge::new(
+                "sensegate_feed_version",
+                "Version of the permission table in force",
+            )
+            .expect("valid metric"),
+            feed_reload_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "sensegate_feed_reload_seconds",
+                    "Time to compile and swap in a permission table",
+                )
+                .buckets(vec![0.0001, 0.001, 0.01, 0.1, 1.0]),
+            )
+            .expect("valid metric"),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 12] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 17] = [
             Box::new(m.devices_connected.clone()),
             Box::new(m.sessions.clone()),
             Box::new(m.frames_accepted.clone()),
@@ -129,6 +167,11 @@ impl Metrics {
             Box::new(m.gaps_sent.clone()),
             Box::new(m.delivery_latency.clone()),
             Box::new(m.stream_refusals.clone()),
+            Box::new(m.feed_connected.clone()),
+            Box::new(m.feed_reconnects.clone()),
+            Box::new(m.feed_lag.clone()),
+            Box::new(m.feed_version.clone()),
+            Box::new(m.feed_reload_seconds.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");

@@ -124,6 +124,8 @@ pub struct DeviceSession {
     conn: quinn::Connection,
     send: quinn::SendStream,
     acked: watch::Receiver<u64>,
+    /// The broker's `Reject`, once it sent one.
+    rejected: Arc<std::sync::Mutex<Option<ClientError>>>,
     resume_after: u64,
     buf: Vec<u8>,
 }
@@ -180,23 +182,40 @@ impl DeviceSession {
             }
         };
         let (ack_tx, acked) = watch::channel(resume_after);
+        let rejected = Arc::new(std::sync::Mutex::new(None));
+        let slot = rejected.clone();
         tokio::spawn(async move {
             // Ends when the stream or connection ends; `wait_acked` then
-            // reports the connection's close reason.
-            while let Ok(Some(ServerMsg::Ack { up_to_seq })) = read_msg(&mut recv, &mut rx).await {
-                ack_tx.send_if_modified(|v| {
-                    let newer = up_to_seq > *v;
-                    if newer {
-                        *v = up_to_seq;
+            // reports the broker's Reject, or the connection's close reason.
+            loop {
+                match read_msg(&mut recv, &mut rx).await {
+                    Ok(Some(ServerMsg::Ack { up_to_seq })) => {
+                        ack_tx.send_if_modified(|v| {
+                            let newer = up_to_seq > *v;
+                            if newer {
+                                *v = up_to_seq;
+                            }
+                            newer
+                        });
                     }
-                    newer
-                });
+                    Ok(Some(ServerMsg::Reject { code, reason })) => {
+                        if let Ok(mut r) = slot.lock() {
+                            *r = Some(ClientError::Rejected {
+                                code: RejectCode::from_u32(code),
+                                reason,
+                            });
+                        }
+                        break;
+                    }
+                    _ => break,
+                }
             }
         });
         Ok(DeviceSession {
             conn,
             send,
             acked,
+            rejected,
             resume_after,
             buf,
         })
@@ -241,12 +260,25 @@ impl DeviceSession {
 
     /// Waits until everything up to `seq` is acknowledged.
     pub async fn wait_acked(&mut self, seq: u64, timeout: Duration) -> Result<(), ClientError> {
-        let wait = self.acked.wait_for(|v| *v >= seq);
-        match tokio::time::timeout(timeout, wait).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(_)) => Err(close_error(&self.conn)),
+        let outcome = {
+            let wait = self.acked.wait_for(|v| *v >= seq);
+            tokio::time::timeout(timeout, wait).await.map(|r| r.is_ok())
+        };
+        match outcome {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(self.ended().await),
             Err(_) => Err(ClientError::Timeout(timeout)),
         }
+    }
+
+    /// Why the session ended: the broker's Reject if it sent one, else the
+    /// connection's close reason (waited for briefly: it follows the stream's end).
+    async fn ended(&self) -> ClientError {
+        if let Some(e) = self.rejected.lock().ok().and_then(|mut r| r.take()) {
+            return e;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.conn.closed()).await;
+        close_error(&self.conn)
     }
 
     /// Finishes the stream and closes the connection politely.

@@ -17,8 +17,12 @@ pub(crate) const ADMIN_KEY: &str = "sg-test-admin-key-0123456789abcdef0123456789
 
 /// A running `sensegate serve`.
 pub(crate) struct Server {
-    child: Child,
+    /// The processes: one (`serve`), or the admin then the broker.
+    children: Vec<Child>,
+    /// The admin API and token endpoint.
     pub(crate) http: SocketAddr,
+    /// The stream endpoint (the broker's HTTP address).
+    pub(crate) stream_http: SocketAddr,
     pub(crate) quic: SocketAddr,
     pub(crate) data_dir: Arc<tempfile::TempDir>,
     /// Everything the process wrote to stdout and stderr so far.
@@ -28,9 +32,69 @@ pub(crate) struct Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
+}
+
+/// How the control and data planes run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// `sensegate serve`.
+    OneProcess,
+    /// `sensegate admin serve` and `sensegate broker` following its feed.
+    Split,
+}
+
+/// The cluster key split-mode tests use.
+pub(crate) const CLUSTER_KEY: &str = "sg-test-cluster-key-0123456789abcdef";
+
+/// Spawns `sensegate ARGS`, collecting its output into `output`; returns the
+/// child and the text after `listening ` on its first such line.
+fn spawn(args: &[String], output: &Arc<Mutex<String>>) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sensegate"))
+        .args(args)
+        .env("SENSEGATE_BOOTSTRAP_ADMIN_KEY", ADMIN_KEY)
+        .env("SENSEGATE_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sensegate");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
+    for (pipe, tx) in [
+        (Box::new(stdout) as Box<dyn std::io::Read + Send>, Some(tx)),
+        (Box::new(stderr), None),
+    ] {
+        let output = output.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                if let (Some(tx), Some(rest)) = (&tx, line.strip_prefix("listening ")) {
+                    let _ = tx.send(rest.to_owned());
+                }
+                let mut out = output.lock().unwrap();
+                out.push_str(&line);
+                out.push('\n');
+            }
+        });
+    }
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(line) => (child, line),
+        Err(_) => panic!(
+            "{args:?} did not print its listening line; output:\n{}",
+            output.lock().unwrap()
+        ),
+    }
+}
+
+fn addr_in(line: &str, key: &str) -> SocketAddr {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
 }
 
 impl Server {
@@ -47,63 +111,114 @@ impl Server {
     }
 
     fn start_in(data_dir: Arc<tempfile::TempDir>, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sensegate"))
-            .args([
-                "serve",
-                "--http-addr",
-                "127.0.0.1:0",
-                "--quic-addr",
-                "127.0.0.1:0",
-            ])
-            .arg("--data-dir")
-            .arg(data_dir.path())
-            .args(extra)
-            .env("SENSEGATE_BOOTSTRAP_ADMIN_KEY", ADMIN_KEY)
-            .env("SENSEGATE_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn sensegate");
         let output = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stdout = child.stdout.take().expect("stdout");
-        let stderr = child.stderr.take().expect("stderr");
-        for (pipe, tx) in [
-            (Box::new(stdout) as Box<dyn std::io::Read + Send>, Some(tx)),
-            (Box::new(stderr), None),
-        ] {
-            let output = output.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    if let (Some(tx), Some(rest)) = (&tx, line.strip_prefix("listening ")) {
-                        let _ = tx.send(rest.to_owned());
-                    }
-                    let mut out = output.lock().unwrap();
-                    out.push_str(&line);
-                    out.push('\n');
-                }
-            });
-        }
-        let line = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(line) => line,
-            Err(_) => panic!(
-                "server did not print its listening line; output:\n{}",
-                output.lock().unwrap()
-            ),
-        };
-        let addr = |key: &str| -> SocketAddr {
-            line.split_whitespace()
-                .find_map(|kv| kv.strip_prefix(key))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("no {key} in {line:?}"))
-        };
+        let mut args: Vec<String> = [
+            "serve",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--quic-addr",
+            "127.0.0.1:0",
+            "--data-dir",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.push(data_dir.path().display().to_string());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let (child, line) = spawn(&args, &output);
+        let http = addr_in(&line, "http=");
         Server {
-            http: addr("http="),
-            quic: addr("quic="),
-            child,
+            http,
+            stream_http: http,
+            quic: addr_in(&line, "quic="),
+            children: vec![child],
             data_dir,
             output,
             client: reqwest::Client::new(),
+        }
+    }
+
+    /// Starts the admin and a broker following its feed, as two processes.
+    /// `extra` goes to the broker.
+    pub(crate) fn start_split(extra: &[&str]) -> Server {
+        let data_dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        let output = Arc::new(Mutex::new(String::new()));
+        let dir = |name: &str| data_dir.path().join(name).display().to_string();
+        let admin_args: Vec<String> = [
+            "admin",
+            "serve",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--cluster-key",
+            CLUSTER_KEY,
+            "--data-dir",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([dir("admin")])
+        .collect();
+        let (admin, line) = spawn(&admin_args, &output);
+        let http = addr_in(&line, "http=");
+        let mut broker_args: Vec<String> = [
+            "broker",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--quic-addr",
+            "127.0.0.1:0",
+            "--cluster-key",
+            CLUSTER_KEY,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        broker_args.extend([
+            "--admin-url".into(),
+            format!("http://{http}"),
+            "--data-dir".into(),
+            dir("broker"),
+        ]);
+        broker_args.extend(extra.iter().map(|s| s.to_string()));
+        let (broker, line) = spawn(&broker_args, &output);
+        Server {
+            http,
+            stream_http: addr_in(&line, "http="),
+            quic: addr_in(&line, "quic="),
+            children: vec![admin, broker],
+            data_dir,
+            output,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    /// Split mode: stops the admin process (the broker keeps running).
+    pub(crate) fn kill_admin(&mut self) {
+        let admin = &mut self.children[0];
+        let _ = admin.kill();
+        let _ = admin.wait();
+    }
+
+    /// Split mode: starts the admin again on the same address and data.
+    pub(crate) fn restart_admin(&mut self) {
+        let args: Vec<String> = [
+            "admin".to_string(),
+            "serve".into(),
+            "--http-addr".into(),
+            self.http.to_string(),
+            "--cluster-key".into(),
+            CLUSTER_KEY.into(),
+            "--data-dir".into(),
+            self.data_dir.path().join("admin").display().to_string(),
+        ]
+        .into();
+        let (admin, _) = spawn(&args, &self.output);
+        self.children[0] = admin;
+    }
+
+    /// Starts a server in `mode`.
+    pub(crate) fn start_mode(mode: Mode, extra: &[&str]) -> Server {
+        match mode {
+            Mode::OneProcess => Self::start(extra),
+            Mode::Split => Self::start_split(extra),
         }
     }
 
@@ -112,7 +227,12 @@ impl Server {
     }
 
     pub(crate) fn cert_path(&self) -> PathBuf {
-        self.data_dir.path().join("cert.pem")
+        let split = self.data_dir.path().join("broker/cert.pem");
+        if split.exists() {
+            split
+        } else {
+            self.data_dir.path().join("cert.pem")
+        }
     }
 
     /// An admin API call; returns status and JSON body (Null if none).
@@ -155,6 +275,20 @@ impl Server {
         devices: &[&str],
         include_anomalies: bool,
     ) -> (String, String) {
+        let app = self
+            .create_app_full(name, devices, &[], include_anomalies)
+            .await;
+        (app.client_id, app.secret)
+    }
+
+    /// Creates an application naming devices and groups.
+    pub(crate) async fn create_app_full(
+        &self,
+        name: &str,
+        devices: &[&str],
+        groups: &[&str],
+        include_anomalies: bool,
+    ) -> App {
         let (status, body) = self
             .admin(
                 reqwest::Method::POST,
@@ -164,18 +298,22 @@ impl Server {
                     "expiresAt": "2099-01-01T00:00:00Z",
                     "includeAnomalies": include_anomalies,
                     "devices": devices,
-                    "deviceGroups": [],
+                    "deviceGroups": groups,
                 })),
             )
             .await;
         assert_eq!(status, 201, "create application {name}: {body}");
-        (
-            body["clientId"].as_str().expect("clientId").to_owned(),
-            body["clientSecret"]
+        let field = |k: &str| {
+            body[k]
                 .as_str()
-                .expect("clientSecret")
-                .to_owned(),
-        )
+                .unwrap_or_else(|| panic!("no {k}"))
+                .to_owned()
+        };
+        App {
+            id: field("id"),
+            client_id: field("clientId"),
+            secret: field("clientSecret"),
+        }
     }
 
     /// Exchanges client credentials for an access token.
@@ -199,9 +337,9 @@ impl Server {
             .to_owned()
     }
 
-    /// The server's process id.
+    /// The process id of the process serving streams.
     pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
+        self.children.last().expect("a process").id()
     }
 
     /// Sends a stream request with extra headers and returns the raw response.
@@ -213,7 +351,10 @@ impl Server {
     ) -> reqwest::Response {
         let mut req = self
             .client
-            .get(self.url(&format!("/v1/stream/telemetry{query}")))
+            .get(format!(
+                "http://{}/v1/stream/telemetry{query}",
+                self.stream_http
+            ))
             .header("Accept", "text/event-stream")
             .bearer_auth(token);
         for (k, v) in headers {
@@ -301,6 +442,13 @@ pub(crate) fn readings(n: usize) -> String {
             )
         })
         .collect()
+}
+
+/// A created application's identifiers.
+pub(crate) struct App {
+    pub(crate) id: String,
+    pub(crate) client_id: String,
+    pub(crate) secret: String,
 }
 
 /// One parsed SSE record.

@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod permission_changes_reach_open_streams;
 mod resume_never_loses_or_repeats;
 mod stream_options_are_enforced;
 mod stream_refuses_bad_credentials;

@@ -196,6 +196,7 @@ pub(crate) async fn stream_telemetry(
         want_anomalies,
         resume: resume_from(headers, &params),
         now_ms: now,
+        app_expires_at_ms: app.entry.expires_at_ms,
         claims,
         permit,
     };

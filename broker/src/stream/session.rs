@@ -77,6 +77,8 @@ pub(crate) struct Opened {
     pub(crate) want_anomalies: bool,
     pub(crate) resume: ResumeFrom,
     pub(crate) now_ms: i64,
+    /// When the application expires (its streams end then, unprompted).
+    pub(crate) app_expires_at_ms: i64,
     /// Held for the stream's lifetime (per-application stream count).
     pub(crate) permit: super::StreamPermit,
 }
@@ -90,6 +92,7 @@ pub(crate) struct Session {
     filter: Option<HashSet<DeviceKey>>,
     pending: VecDeque<Item>,
     deadline: Instant,
+    app_expiry: Instant,
     versions: tokio::sync::watch::Receiver<u64>,
     purge: Option<Purge>,
     ended: Option<End>,
@@ -154,6 +157,7 @@ impl Session {
         let ttl_ms = u64::try_from(o.claims.exp * 1000 - o.now_ms).unwrap_or(0);
         Session {
             deadline: Instant::now() + Duration::from_millis(ttl_ms),
+            app_expiry: instant_at(o.app_expires_at_ms),
             shared,
             sub,
             claims: o.claims,
@@ -180,7 +184,16 @@ impl Session {
             return Some(end);
         }
         loop {
-            if Instant::now() >= self.deadline {
+            let now = Instant::now();
+            // Tokens never outlive their application: a token ending with
+            // it (to the second) ends because the application expired.
+            if now >= self.app_expiry
+                || (now >= self.deadline
+                    && self.app_expiry <= self.deadline + Duration::from_secs(1))
+            {
+                return self.end(out, End::Revoked, "application expired");
+            }
+            if now >= self.deadline {
                 return self.end(out, End::TokenExpired, "access token expired");
             }
             if let Some(end) = self.fill(out) {
@@ -201,7 +214,7 @@ impl Session {
                     out.push(Item::KeepAlive);
                     return None;
                 }
-                _ = tokio::time::sleep_until(self.deadline) => {}
+                _ = tokio::time::sleep_until(self.deadline.min(self.app_expiry)) => {}
                 changed = self.versions.changed() => {
                     if changed.is_err() {
                         return self.end(out, End::Revoked, "broker shutting down");
@@ -279,6 +292,7 @@ impl Session {
         if app.entry.secret_generation != self.claims.sgen {
             return Err("client secret rotated".into());
         }
+        self.app_expiry = instant_at(app.entry.expires_at_ms);
         let next: HashSet<DeviceKey> = match &self.filter {
             Some(f) => f.intersection(&app.devices).cloned().collect(),
             None => app.devices.clone(),
@@ -328,6 +342,13 @@ impl Session {
         });
         Some(end)
     }
+}
+
+/// The monotonic instant of a wall-clock time (ms since the epoch), capped a
+/// year ahead so the timer arithmetic cannot overflow.
+fn instant_at(at_ms: i64) -> Instant {
+    let in_ms = at_ms.saturating_sub(now_ms()).clamp(0, 365 * 86_400_000);
+    Instant::now() + Duration::from_millis(in_ms as u64)
 }
 
 /// A `gap` control item.
