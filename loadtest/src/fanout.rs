@@ -170,9 +170,14 @@ pub(crate) async fn run(scenario: &str, target: Target, plan: Plan, t: &Tuning) 
                 .try_collect()
                 .await?;
             let mut tokens = Vec::new();
-            for g in 0..plan.groups.min(plan.subscribers.max(1)) {
+            // Application names are unique per run even when runs share
+            // their devices (--device-prefix).
+            let run = rand::random::<u32>();
+            for g in 0..plan.groups.min(plan.subscribers) {
                 let ids: Vec<String> = plan.devices_of(g).into_iter().map(device).collect();
-                let (id, secret) = s.application(&format!("{prefix}app-{g}"), &ids).await?;
+                let (id, secret) = s
+                    .application(&format!("{prefix}app-{g}-{run:08x}"), &ids)
+                    .await?;
                 tokens.push(s.token(&id, &secret).await?);
             }
             let specs = (0..plan.subscribers)
@@ -221,9 +226,11 @@ pub(crate) async fn run(scenario: &str, target: Target, plan: Plan, t: &Tuning) 
         .and_then(|p| ProcWatch::start(&p.to_string()))
         .map(|w| w.rss_kib());
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Stamps from another process's clock mean nothing here.
+    let sample_every = if plan.publish { t.sample_every } else { 0 };
     let reader_cfg = ReaderConfig {
         read_buffer: t.read_buffer,
-        sample_every: t.sample_every,
+        sample_every,
         connect_parallel: 64,
     };
     let connect_start = Instant::now();
@@ -401,26 +408,23 @@ pub(crate) async fn run(scenario: &str, target: Target, plan: Plan, t: &Tuning) 
     drop(server);
 
     let errors = shared.errors.lock().map(|e| e.clone()).unwrap_or_default();
-    let mut settings = vec![
-        ("device prefix".to_owned(), prefix.clone()),
-        (
-            "groups".to_owned(),
-            format!(
-                "{}{}",
-                plan.groups,
-                if plan.partition { " (partitioned)" } else { "" }
-            ),
-        ),
-        (
+    let mut settings = vec![("device prefix".to_owned(), prefix.clone())];
+    if plan.subscribers > 0 {
+        let partitioned = if plan.partition { " (partitioned)" } else { "" };
+        settings.push(("groups".to_owned(), format!("{}{partitioned}", plan.groups)));
+        let sampled = match sample_every {
+            0 => "latency not sampled (events stamped by another process)".to_owned(),
+            n => format!("latency sampled 1 in {n}"),
+        };
+        settings.push((
             "readers".to_owned(),
             format!(
-                "{} thread(s), {} KiB buffers, latency sampled 1 in {}",
+                "{} thread(s), {} KiB buffers, {sampled}",
                 t.reader_threads,
-                t.read_buffer / 1024,
-                t.sample_every
+                t.read_buffer / 1024
             ),
-        ),
-    ];
+        ));
+    }
     if let Some(p) = &t.csv {
         settings.push(("values".into(), p.display().to_string()));
     }

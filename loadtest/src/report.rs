@@ -135,14 +135,17 @@ impl Report {
         for (k, v) in &self.settings {
             rows.push((k.clone(), v.clone()));
         }
-        rows.push((
-            sent.into(),
-            format!(
-                "{} ({}/s)",
-                thousands(t.sent as f64),
-                thousands(self.sent_per_s)
-            ),
-        ));
+        // A subscribers-only run sends nothing itself.
+        if t.sent > 0 || t.delivered == 0 {
+            rows.push((
+                sent.into(),
+                format!(
+                    "{} ({}/s)",
+                    thousands(t.sent as f64),
+                    thousands(self.sent_per_s)
+                ),
+            ));
+        }
         if t.acked > 0 {
             rows.push((
                 "acked by broker".into(),

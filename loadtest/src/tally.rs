@@ -61,7 +61,8 @@ pub(crate) struct Tally {
 }
 
 impl Tally {
-    /// Samples the stamp of one event in `every` (at least 1).
+    /// Samples the stamp of one event in `every`; 0 samples none (for
+    /// events stamped by another process, whose clock is not ours).
     pub(crate) fn new(every: u64) -> Tally {
         Tally {
             events: 0,
@@ -69,13 +70,16 @@ impl Tally {
             controls: 0,
             ended: None,
             stamps: Vec::with_capacity(1024),
-            every: every.max(1),
+            every,
             countdown: 0,
         }
     }
 
     /// Whether the next event is one to sample.
     pub(crate) fn take_sample(&mut self) -> bool {
+        if self.every == 0 {
+            return false;
+        }
         let sample = self.countdown == 0;
         if sample {
             self.countdown = self.every;
@@ -130,5 +134,8 @@ mod tests {
         }
         assert_eq!(t.events, 10);
         assert_eq!(t.stamps, vec![7, 7, 7], "events 1, 5 and 9");
+        let mut none = Tally::new(0);
+        none.event(json.as_bytes());
+        assert_eq!((none.events, none.stamps.len()), (1, 0));
     }
 }
