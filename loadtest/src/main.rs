@@ -94,6 +94,10 @@ enum Cmd {
         /// How long to send (e.g. 10s, 500ms, 1m; at most 1h).
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         duration: Duration,
+        /// Report this process's CPU and memory as the server's (a spawned
+        /// server is watched automatically).
+        #[arg(long, value_name = "PID")]
+        server_pid: Option<u32>,
         #[command(flatten)]
         out: Output,
     },
@@ -311,11 +315,17 @@ async fn run(cmd: Cmd) -> Result<()> {
             concurrency,
             apps,
             duration,
+            server_pid,
             out,
-        } => (
-            token::run(&server, concurrency as usize, apps as usize, duration).await?,
-            out,
-        ),
+        } => {
+            let load = token::Load {
+                concurrency: concurrency as usize,
+                apps: apps as usize,
+                duration,
+                server_pid,
+            };
+            (token::run(&server, &load).await?, out)
+        }
         Cmd::Baseline {
             target,
             fan,

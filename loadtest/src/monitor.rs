@@ -54,11 +54,10 @@ pub(crate) fn spawn(
                 line += &format!("  acked {}/s", per(delta.acked));
             }
             if snap.delivered > 0 || snap.expected > 0 {
-                line += &format!(
-                    "  delivered {}/s  behind {}",
-                    per(delta.delivered),
-                    thousands(deficit as f64)
-                );
+                line += &format!("  delivered {}/s", per(delta.delivered));
+            }
+            if snap.expected > 0 {
+                line += &format!("  behind {}", thousands(deficit as f64));
             }
             if snap.gaps > 0 || snap.errors > 0 {
                 line += &format!("  gaps {}  errors {}", snap.gaps, snap.errors);

@@ -15,13 +15,26 @@ use crate::stats::{new_histogram, record, Counters, Latency};
 use crate::subscriber::Shared;
 use crate::tally::now_ns;
 
-/// Runs `concurrency` workers over `apps` applications for `duration`.
-pub(crate) async fn run(
-    args: &ServerArgs,
-    concurrency: usize,
-    apps: usize,
-    duration: std::time::Duration,
-) -> Result<Report> {
+/// The shape of a token run.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Load {
+    /// Concurrent requesters.
+    pub(crate) concurrency: usize,
+    /// Applications the requests are spread over.
+    pub(crate) apps: usize,
+    pub(crate) duration: std::time::Duration,
+    /// The server's pid when it was not spawned.
+    pub(crate) server_pid: Option<u32>,
+}
+
+/// Runs `load.concurrency` workers over `load.apps` applications.
+pub(crate) async fn run(args: &ServerArgs, load: &Load) -> Result<Report> {
+    let Load {
+        concurrency,
+        apps,
+        duration,
+        server_pid,
+    } = *load;
     let started_at =
         time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339)?;
     let server = Server::start(args).await?;
@@ -43,7 +56,7 @@ pub(crate) async fn run(
         .build()?;
     let url = server.token_url();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let monitor = monitor::spawn(counters.clone(), server.pid, stop_rx);
+    let monitor = monitor::spawn(counters.clone(), server.pid.or(server_pid), stop_rx);
     let start = Instant::now();
     let until = start + duration;
     let mut workers = Vec::new();
