@@ -240,6 +240,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     )
     .await?;
     broker.add_readiness_check("database", database_probe(&admin));
+    admin.register_metrics(&broker.metrics().registry).await?;
     let listener = start_ingest(&broker)?;
     let app = broker.routes().merge(admin.router());
     println!("listening http={http_addr} quic={}", listener.addr);
@@ -280,11 +281,27 @@ pub(crate) async fn run_admin(args: AdminServeArgs) -> anyhow::Result<()> {
         hub.clone(),
     )
     .await?;
+    let registry = prometheus::Registry::new();
+    registry.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))?;
+    admin.register_metrics(&registry).await?;
     let ready = admin.clone();
     let app = admin
         .router()
         .merge(hub.routes(&args.cluster_key))
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let registry = registry.clone();
+                async move {
+                    prometheus::TextEncoder::new()
+                        .encode_to_string(&registry.gather())
+                        .unwrap_or_default()
+                }
+            }),
+        )
         .route(
             "/readyz",
             axum::routing::get(move || {

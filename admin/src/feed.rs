@@ -69,6 +69,9 @@ impl Admin {
             .map(|k| k.kid.clone())
             .collect();
         let version = snapshot.version;
+        if let Some(m) = self.metrics() {
+            m.observe(&snapshot, self.now_ms());
+        }
         self.inner.sink.install(snapshot)?;
         *self.inner.published_kids.lock() = kids;
         tracing::debug!(version, "permission snapshot installed");

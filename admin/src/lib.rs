@@ -34,6 +34,7 @@ mod feed;
 mod groups;
 mod keys;
 mod limiter;
+mod metrics;
 mod secret;
 mod tenants;
 mod token;
@@ -81,6 +82,8 @@ struct Inner {
     published_kids: parking_lot::Mutex<Vec<String>>,
     limiter: limiter::Limiter,
     signer: keys::SignerCache,
+    /// Set once the composing binary registers metrics.
+    metrics: std::sync::OnceLock<metrics::AdminMetrics>,
 }
 
 /// An [`AccessSink`] that drops every snapshot: for a process that changes
@@ -135,6 +138,7 @@ impl Admin {
                 published_kids: parking_lot::Mutex::new(Vec::new()),
                 limiter: limiter::Limiter::default(),
                 signer: keys::SignerCache::default(),
+                metrics: std::sync::OnceLock::new(),
             }),
         };
         let generated = admin.bootstrap().await?;

@@ -87,6 +87,19 @@ pub(crate) enum OAuthError {
     Server,
 }
 
+impl OAuthError {
+    /// The label of `sensegate_tokens_refused_total`.
+    fn metric_reason(&self) -> &'static str {
+        match self {
+            OAuthError::InvalidRequest(_) => "invalid_request",
+            OAuthError::InvalidClient => "invalid_client",
+            OAuthError::UnsupportedGrantType => "unsupported_grant_type",
+            OAuthError::TooManyFailures { .. } => "throttled",
+            OAuthError::Server => "server_error",
+        }
+    }
+}
+
 impl IntoResponse for OAuthError {
     fn into_response(self) -> Response {
         let (status, code, description) = match &self {
@@ -176,7 +189,14 @@ pub(crate) async fn method_not_allowed() -> Response {
         (status = 429, body = OAuthErrorBody, description = "Too many failed attempts; see `Retry-After`."),
     ))]
 pub(crate) async fn endpoint(State(admin): State<Admin>, req: Request) -> Response {
-    match issue(&admin, req).await {
+    let result = issue(&admin, req).await;
+    if let Some(m) = admin.metrics() {
+        match &result {
+            Ok(_) => m.token_issued(),
+            Err(e) => m.token_refused(e.metric_reason()),
+        }
+    }
+    match result {
         Ok(res) => res,
         Err(e) => e.into_response(),
     }

@@ -218,6 +218,7 @@ async fn telemetry(
     let mut acked = slot.last_seq();
     loop {
         // Process every complete frame already buffered.
+        let round = std::time::Instant::now();
         let mut frames = 0;
         loop {
             let range = match decode_frame(&buf, MAX_TELEMETRY_FRAME_LEN) {
@@ -259,6 +260,10 @@ async fn telemetry(
                 return None;
             }
             acked = last;
+            shared
+                .metrics
+                .ack_latency
+                .observe(round.elapsed().as_secs_f64());
         }
         if frames == MAX_FRAMES_PER_ROUND {
             tokio::task::yield_now().await;
@@ -292,6 +297,7 @@ fn publish(shared: &Shared, slot: &DeviceSlot, pending: &mut Vec<PendingEvent>) 
     shared.metrics.frames_accepted.inc_by(p.accepted);
     shared.metrics.duplicates.inc_by(p.duplicates);
     shared.metrics.dropped_slow_consumer.inc_by(p.overflowed);
+    shared.metrics.dropped_filtered.inc_by(p.filtered);
 }
 
 fn frame_reason(e: &FrameError) -> &'static str {

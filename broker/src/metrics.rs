@@ -4,7 +4,8 @@
 //! recording is a single atomic add: no lookup, lock or allocation per event.
 
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry,
 };
 
 /// Handles to every broker metric.
@@ -27,6 +28,17 @@ pub struct Metrics {
     pub events_delivered: IntCounter,
     /// Events lost to a full subscriber queue.
     pub dropped_slow_consumer: IntCounter,
+    /// Events of a subscribed device a stream did not take (kind filter,
+    /// include-anomalies off).
+    pub dropped_filtered: IntCounter,
+    /// Events queued for a stream when its egress wakes up.
+    pub queue_depth: Histogram,
+    /// From the start of processing a read to its acknowledgement being written.
+    pub ack_latency: Histogram,
+    app_streams: IntGaugeVec,
+    app_delivered: IntCounterVec,
+    app_dropped: IntCounterVec,
+    app_last_delivery: GaugeVec,
     /// `gap` events sent.
     pub gaps_sent: IntCounter,
     /// Time from acceptance at ingest to the write of the batch holding it.
@@ -48,6 +60,14 @@ impl Metrics {
     /// Creates and registers the metrics in a fresh registry.
     pub fn new() -> Self {
         let registry = Registry::new();
+        let dropped = IntCounterVec::new(
+            Opts::new(
+                "sensegate_stream_events_dropped_total",
+                "Events not delivered to a stream, by reason (slow_consumer, filtered)",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
         let m = Metrics {
             devices_connected: IntGauge::new(
                 "sensegate_ingest_devices_connected",
@@ -98,9 +118,56 @@ impl Metrics {
                 "Events written to telemetry streams",
             )
             .expect("valid metric"),
-            dropped_slow_consumer: IntCounter::new(
-                "sensegate_stream_events_dropped_slow_consumer_total",
-                "Events dropped because a subscriber's queue was full",
+            dropped_slow_consumer: dropped.with_label_values(&["slow_consumer"]),
+            dropped_filtered: dropped.with_label_values(&["filtered"]),
+            queue_depth: Histogram::with_opts(
+                HistogramOpts::new(
+                    "sensegate_stream_queue_depth_events",
+                    "Events waiting in a stream's queue when its egress wakes up",
+                )
+                .buckets(vec![1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0]),
+            )
+            .expect("valid metric"),
+            ack_latency: Histogram::with_opts(
+                HistogramOpts::new(
+                    "sensegate_ingest_ack_latency_seconds",
+                    "From processing a device's read to writing its cumulative acknowledgement",
+                )
+                .buckets(vec![
+                    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005, 0.025, 0.1,
+                ]),
+            )
+            .expect("valid metric"),
+            app_streams: IntGaugeVec::new(
+                Opts::new(
+                    "sensegate_app_streams_open",
+                    "Open streams per external application",
+                ),
+                &["client_id"],
+            )
+            .expect("valid metric"),
+            app_delivered: IntCounterVec::new(
+                Opts::new(
+                    "sensegate_app_events_delivered_total",
+                    "Events delivered per external application",
+                ),
+                &["client_id"],
+            )
+            .expect("valid metric"),
+            app_dropped: IntCounterVec::new(
+                Opts::new(
+                    "sensegate_app_events_dropped_total",
+                    "Events lost to slow consumption per external application",
+                ),
+                &["client_id"],
+            )
+            .expect("valid metric"),
+            app_last_delivery: GaugeVec::new(
+                Opts::new(
+                    "sensegate_app_last_delivery_timestamp_seconds",
+                    "Unix time of the last delivery to each external application",
+                ),
+                &["client_id"],
             )
             .expect("valid metric"),
             gaps_sent: IntCounter::new("sensegate_stream_gaps_total", "gap events sent to streams")
@@ -154,7 +221,27 @@ impl Metrics {
             .expect("valid metric"),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 17] = [
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "sensegate_build_info",
+                "Build information (value is always 1)",
+            ),
+            &["version"],
+        )
+        .expect("valid metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        let collectors: [Box<dyn prometheus::core::Collector>; 25] = [
+            Box::new(dropped),
+            Box::new(m.queue_depth.clone()),
+            Box::new(m.ack_latency.clone()),
+            Box::new(m.app_streams.clone()),
+            Box::new(m.app_delivered.clone()),
+            Box::new(m.app_dropped.clone()),
+            Box::new(m.app_last_delivery.clone()),
+            Box::new(build_info),
+            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
             Box::new(m.devices_connected.clone()),
             Box::new(m.sessions.clone()),
             Box::new(m.frames_accepted.clone()),
@@ -163,7 +250,6 @@ impl Metrics {
             Box::new(m.duplicates.clone()),
             Box::new(m.subscribers.clone()),
             Box::new(m.events_delivered.clone()),
-            Box::new(m.dropped_slow_consumer.clone()),
             Box::new(m.gaps_sent.clone()),
             Box::new(m.delivery_latency.clone()),
             Box::new(m.stream_refusals.clone()),
@@ -199,12 +285,35 @@ impl Metrics {
         self.stream_refusals.with_label_values(&[reason]).inc();
     }
 
+    /// The per-application series of one application (resolved once per stream).
+    pub fn app(&self, client_id: &str) -> AppMetrics {
+        AppMetrics {
+            streams: self.app_streams.with_label_values(&[client_id]),
+            delivered: self.app_delivered.with_label_values(&[client_id]),
+            dropped: self.app_dropped.with_label_values(&[client_id]),
+            last_delivery: self.app_last_delivery.with_label_values(&[client_id]),
+        }
+    }
+
     /// Renders the text exposition format.
     pub fn render(&self) -> String {
         prometheus::TextEncoder::new()
             .encode_to_string(&self.registry.gather())
             .unwrap_or_default()
     }
+}
+
+/// One application's series: "is this integration healthy?".
+#[derive(Clone)]
+pub struct AppMetrics {
+    /// Open streams.
+    pub streams: IntGauge,
+    /// Events delivered.
+    pub delivered: IntCounter,
+    /// Events lost to slow consumption.
+    pub dropped: IntCounter,
+    /// Unix time of the last delivery.
+    pub last_delivery: Gauge,
 }
 
 impl Default for Metrics {

@@ -107,6 +107,8 @@ pub struct Published {
     pub duplicates: u64,
     /// Queue pushes that displaced an older event (slow consumers).
     pub overflowed: u64,
+    /// Subscribers of the device that did not take an event (kind filters).
+    pub filtered: u64,
 }
 
 /// The router. One per broker.
@@ -190,7 +192,9 @@ impl Router {
                 accepted_at: now,
             });
             for s in subscribers.iter() {
-                if s.wants(ev.kind) && !s.push(ev.clone()) {
+                if !s.wants(ev.kind) {
+                    out.filtered += 1;
+                } else if !s.push(ev.clone()) {
                     out.overflowed += 1;
                 }
             }

@@ -178,7 +178,9 @@ async fn a_stalled_subscriber_neither_grows_memory_nor_slows_a_healthy_one() {
         .unwrap();
     let dropped: f64 = metrics
         .lines()
-        .find_map(|l| l.strip_prefix("sensegate_stream_events_dropped_slow_consumer_total "))
+        .find_map(|l| {
+            l.strip_prefix("sensegate_stream_events_dropped_total{reason=\"slow_consumer\"} ")
+        })
         .unwrap()
         .parse()
         .unwrap();

@@ -64,6 +64,10 @@ pub(crate) fn router(admin: Admin) -> Router {
         .route("/.well-known/openid-configuration", get(discovery))
         // Only the routes above: the broker's merged routes keep theirs.
         .method_not_allowed_fallback(method_not_allowed)
+        .route_layer(axum::middleware::from_fn_with_state(
+            admin.clone(),
+            crate::metrics::track,
+        ))
         .with_state(admin)
 }
 

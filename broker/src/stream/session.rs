@@ -97,6 +97,7 @@ pub(crate) struct Session {
     purge: Option<Purge>,
     ended: Option<End>,
     gauge: prometheus::IntGauge,
+    app_metrics: crate::metrics::AppMetrics,
     _permit: super::StreamPermit,
 }
 
@@ -106,6 +107,7 @@ impl Drop for Session {
             .router
             .unsubscribe(&self.sub, self.devices.iter());
         self.gauge.dec();
+        self.app_metrics.streams.dec();
     }
 }
 
@@ -154,6 +156,8 @@ impl Session {
         }
         let gauge = shared.metrics.subscribers(transport);
         gauge.inc();
+        let app_metrics = shared.metrics.app(&o.claims.sub);
+        app_metrics.streams.inc();
         let ttl_ms = u64::try_from(o.claims.exp * 1000 - o.now_ms).unwrap_or(0);
         Session {
             deadline: Instant::now() + Duration::from_millis(ttl_ms),
@@ -168,6 +172,7 @@ impl Session {
             purge: None,
             ended: None,
             gauge,
+            app_metrics,
             _permit: o.permit,
         }
     }
@@ -238,7 +243,12 @@ impl Session {
             out.push(item);
             n += 1;
         }
+        self.shared
+            .metrics
+            .queue_depth
+            .observe(self.sub.len() as f64);
         if let Some(lost) = self.sub.take_lost() {
+            self.app_metrics.dropped.inc_by(lost.count);
             out.push(gap(
                 "slow-consumer",
                 Some(lost.from_id.saturating_sub(1)),
@@ -268,6 +278,8 @@ impl Session {
                 .delivery_latency
                 .observe(t.elapsed().as_secs_f64());
             self.shared.metrics.events_delivered.inc_by(delivered);
+            self.app_metrics.delivered.inc_by(delivered);
+            self.app_metrics.last_delivery.set(now_ms() as f64 / 1000.0);
         }
         None
     }
