@@ -3,7 +3,7 @@
 //! With `SENSEGATE_TEST_PROMETHEUS` set (the path of a `prometheus` binary),
 //! this starts `sensegate serve --demo` and a real Prometheus scraping it
 //! every second, puts a short load on it (the demo devices, one SSE stream,
-//! token requests including a refused one), and then evaluates every panel
+//! token requests including refused ones, a device with a wrong key), and then evaluates every panel
 //! target of every dashboard and every alert rule through Prometheus' HTTP
 //! API: each must parse, panels must return data, alert rules (which only
 //! return data when something is wrong) must evaluate without error, and
@@ -749,6 +749,8 @@ impl Drop for Killed {
 struct SenseGate {
     _child: Killed,
     http: SocketAddr,
+    quic: SocketAddr,
+    cert: PathBuf,
     client_id: String,
     client_secret: String,
     output: Arc<Mutex<String>>,
@@ -796,8 +798,8 @@ impl SenseGate {
         }
         let child = Killed(child);
         let deadline = Instant::now() + START_TIMEOUT;
-        let (mut http, mut client_id, mut client_secret) = (None, None, None);
-        while http.is_none() || client_id.is_none() || client_secret.is_none() {
+        let (mut addrs, mut client_id, mut client_secret) = (None, None, None);
+        while addrs.is_none() || client_id.is_none() || client_secret.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             let Ok(line) = rx.recv_timeout(left) else {
                 panic!(
@@ -806,19 +808,25 @@ impl SenseGate {
                 );
             };
             if let Some(rest) = line.strip_prefix("listening ") {
-                http = rest
-                    .split_whitespace()
-                    .find_map(|kv| kv.strip_prefix("http="))
-                    .and_then(|a| a.parse::<SocketAddr>().ok());
+                let addr = |key: &str| {
+                    rest.split_whitespace()
+                        .find_map(|kv| kv.strip_prefix(key))
+                        .and_then(|a| a.parse::<SocketAddr>().ok())
+                        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+                };
+                addrs = Some((addr("http="), addr("quic=")));
             } else if let Some(v) = line.trim().strip_prefix("client id:") {
                 client_id = Some(v.trim().to_owned());
             } else if let Some(v) = line.trim().strip_prefix("client secret:") {
                 client_secret = Some(v.trim().to_owned());
             }
         }
+        let (http, quic) = addrs.unwrap();
         SenseGate {
             _child: child,
-            http: http.unwrap(),
+            http,
+            quic,
+            cert: data_dir.join("cert.pem"),
             client_id: client_id.unwrap(),
             client_secret: client_secret.unwrap(),
             output,
@@ -832,11 +840,45 @@ impl SenseGate {
     fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.http)
     }
+
+    /// `sensegate publish` as a known device with a wrong key: a refused
+    /// device session.
+    fn publish_with_wrong_key(&self) {
+        let mut child = Killed(
+            Command::new(env!("CARGO_BIN_EXE_sensegate"))
+                .arg("publish")
+                .args(["--server", &self.quic.to_string()])
+                .args(["--device", "demo-press-1", "--key", "sgd_not-the-key"])
+                .arg("--ca")
+                .arg(&self.cert)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn sensegate publish"),
+        );
+        let line = b"{\"ts\":1796300000000,\"kind\":\"reading\",\"readings\":{\"t\":1.0}}\n";
+        let mut stdin = child.0.stdin.take().unwrap();
+        std::io::Write::write_all(&mut stdin, line).unwrap();
+        drop(stdin);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.0.try_wait().unwrap() {
+                assert!(!status.success(), "publish with a wrong key succeeded");
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "publish with a wrong key did not finish in 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 /// The short load: token requests (refused and throttled ones too), admin
-/// API calls (one refused), a refused stream and one open SSE stream that
-/// keeps reading.
+/// API calls (one refused), a device with a wrong key, a refused stream and
+/// one open SSE stream that keeps reading.
 struct Load {
     stream: tokio::task::JoinHandle<()>,
 }
@@ -897,6 +939,7 @@ impl Load {
                 .await
                 .expect("admin API request");
         }
+        tokio::task::block_in_place(|| server.publish_with_wrong_key());
         let refused = http
             .get(server.url("/v1/stream/telemetry"))
             .bearer_auth("not-a-token")
