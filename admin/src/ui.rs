@@ -145,7 +145,7 @@ mod tests {
             .expect("infallible")
     }
 
-    fn header<'a>(res: &'a Response, name: header::HeaderName) -> &'a str {
+    fn header(res: &Response, name: header::HeaderName) -> &str {
         res.headers()
             .get(name)
             .and_then(|v| v.to_str().ok())
@@ -181,7 +181,10 @@ mod tests {
             "text/javascript; charset=utf-8"
         );
         let res = get("/admin/app.css", None).await;
-        assert_eq!(header(&res, header::CONTENT_TYPE), "text/css; charset=utf-8");
+        assert_eq!(
+            header(&res, header::CONTENT_TYPE),
+            "text/css; charset=utf-8"
+        );
         let res = get("/admin", None).await;
         assert_eq!(res.status(), StatusCode::PERMANENT_REDIRECT);
         assert_eq!(header(&res, header::LOCATION), "/admin/");

@@ -216,7 +216,7 @@ export async function formPage(main, go, id) {
   const expires = h('input', { type: 'date', required: true, min: today });
   const anomalies = h('input', { type: 'checkbox', role: 'switch', checked: app?.includeAnomalies ?? false, class: 'switch' });
   const devicePick = multiSelect({ name: 'devices', label: 'Devices', noun: 'devices', items: devices, selected: app?.devices });
-  const groupPick = multiSelect({ name: 'deviceGroups', label: 'Device Groups', noun: 'device groups', items: groups, selected: app?.deviceGroups });
+  const groupPick = multiSelect({ name: 'deviceGroups', label: 'Device Groups', noun: 'device groups', items: groups, selected: app?.deviceGroups, showIds: false });
   const banner = h('p', { class: 'banner error', role: 'alert', hidden: true });
   const save = h('button', { type: 'submit', class: 'btn primary' }, editing ? 'Update' : 'Save');
   const back = editing ? `#/applications/${enc(id)}` : '#/applications';
@@ -289,9 +289,8 @@ export function apiErrorToForm(form, banner, err, conflictField) {
   if (target && form.querySelector(`[data-error-for="${target}"]`)) {
     showErrors(form, { [target]: err.message });
   } else {
-    banner.textContent = err.message;
+    banner.textContent = err.message[0].toUpperCase() + err.message.slice(1);
     banner.hidden = false;
-    banner.focus?.();
   }
 }
 
@@ -299,10 +298,10 @@ export function apiErrorToForm(form, banner, err, conflictField) {
 
 export async function viewPage(main, go, id) {
   const [app, [devices, groups]] = await Promise.all([api('GET', `/applications/${enc(id)}`), choices()]);
-  const names = (list, ids) => {
+  const names = (list, ids, showIds = true) => {
     const byId = new Map(list.map((x) => [x.id, x.name]));
     return ids.length
-      ? h('ul', { class: 'plain' }, ids.map((i) => h('li', {}, byId.get(i) ?? i, byId.get(i) && byId.get(i) !== i ? h('small', {}, ` ${i}`) : null)))
+      ? h('ul', { class: 'plain' }, ids.map((i) => h('li', {}, byId.get(i) ?? i, showIds && byId.get(i) && byId.get(i) !== i ? h('small', {}, ` ${i}`) : null)))
       : h('span', { class: 'muted' }, 'None');
   };
   const row = (label, value) => [h('dt', {}, label), h('dd', {}, value)];
@@ -318,7 +317,7 @@ export async function viewPage(main, go, id) {
       row('Expiration Date', localDateTime(app.expiresAt)),
       row('Include Anomalies', app.includeAnomalies ? 'Yes' : 'No'),
       row('Devices', names(devices, app.devices)),
-      row('Device Groups', names(groups, app.deviceGroups)),
+      row('Device Groups', names(groups, app.deviceGroups, false)),
       row('Client ID', h('code', {}, app.clientId)),
       row('Created At', localDateTime(app.createdAt)),
       row('Updated At', localDateTime(app.updatedAt)))));

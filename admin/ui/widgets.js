@@ -45,7 +45,8 @@ export function field(name, label, control, hint) {
 export function showErrors(form, errors) {
   let first = null;
   for (const el of form.querySelectorAll('[data-error-for]')) {
-    const msg = errors[el.dataset.errorFor];
+    const raw = errors[el.dataset.errorFor];
+    const msg = raw && raw[0].toUpperCase() + raw.slice(1);
     el.textContent = msg || '';
     el.hidden = !msg;
     const control = el.closest('.field').querySelector('input, fieldset');
@@ -61,9 +62,11 @@ export function showErrors(form, errors) {
  * selection shows as removable chips; the list shows at most `LIMIT` rows
  * matching the search on name or id.
  */
-export function multiSelect({ name, label, items, selected = [], noun }) {
+export function multiSelect({ name, label, items, selected = [], noun, showIds = true }) {
   const LIMIT = 100;
   const CHIPS = 40;
+  const collator = new Intl.Collator(undefined, { numeric: true, sensitivity: 'base' });
+  items = [...items].sort((a, b) => collator.compare(a.name, b.name));
   const byId = new Map(items.map((it) => [it.id, it]));
   const chosen = new Set(selected);
   const listId = nextId(`${name}-options`);
@@ -104,7 +107,7 @@ export function multiSelect({ name, label, items, selected = [], noun }) {
       const box = h('input', { type: 'checkbox', value: it.id, checked: chosen.has(it.id),
         onchange: (e) => toggle(it.id, e.target.checked) });
       return h('li', {}, h('label', {}, box, h('span', {}, it.name),
-        it.name !== it.id ? h('small', {}, it.id) : null));
+        showIds && it.name !== it.id ? h('small', {}, it.id) : null));
     }));
     if (!items.length) mount(list, h('li', { class: 'empty' }, `No ${noun} yet.`));
     else if (!matches.length) mount(list, h('li', { class: 'empty' }, `No ${noun} match “${search.value}”.`));
