@@ -778,10 +778,9 @@ impl SenseGate {
             .expect("spawn sensegate");
         let output = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = mpsc::channel::<String>();
-        let pipes: [(Box<dyn Read + Send>, Option<mpsc::Sender<String>>); 2] = [
-            (Box::new(child.stdout.take().unwrap()), Some(tx)),
-            (Box::new(child.stderr.take().unwrap()), None),
-        ];
+        let stdout: Box<dyn Read + Send> = Box::new(child.stdout.take().unwrap());
+        let stderr: Box<dyn Read + Send> = Box::new(child.stderr.take().unwrap());
+        let pipes = [(stdout, Some(tx)), (stderr, None)];
         for (pipe, tx) in pipes {
             let output = output.clone();
             // Drains the pipe for the process's whole life.
