@@ -78,9 +78,8 @@ async fn telemetry_reaches_only_permitted_applications() {
     let (c_id, c_secret) = server
         .create_app("Sees machine-1 without anomalies", &["machine-1"], false)
         .await;
-    let mut a = server
-        .open_stream(&server.token(&a_id, &a_secret).await, "")
-        .await;
+    let a_token = server.token(&a_id, &a_secret).await;
+    let mut a = server.open_stream(&a_token, "").await;
     let mut b = server
         .open_stream(&server.token(&b_id, &b_secret).await, "")
         .await;
@@ -184,7 +183,7 @@ async fn telemetry_reaches_only_permitted_applications() {
     );
     // Nothing secret ever reaches the logs.
     let logs = server.output.lock().unwrap().clone();
-    for secret in [&key1, &key2, &a_secret, &b_secret, &c_secret] {
+    for secret in [&key1, &key2, &a_secret, &b_secret, &c_secret, &a_token] {
         assert!(
             !logs.contains(secret.as_str()),
             "a secret leaked into the logs"

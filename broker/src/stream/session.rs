@@ -96,6 +96,7 @@ pub(crate) struct Session {
     versions: tokio::sync::watch::Receiver<u64>,
     purge: Option<Purge>,
     ended: Option<End>,
+    transport: &'static str,
     gauge: prometheus::IntGauge,
     app_metrics: crate::metrics::AppMetrics,
     _permit: super::StreamPermit,
@@ -108,6 +109,13 @@ impl Drop for Session {
             .unsubscribe(&self.sub, self.devices.iter());
         self.gauge.dec();
         self.app_metrics.streams.dec();
+        let reason = match self.ended {
+            None => "client went away",
+            Some(End::TokenExpired) => "token expired",
+            Some(End::Revoked) => "revoked",
+            Some(End::SlowConsumer) => "slow consumer",
+        };
+        tracing::info!(client_id = %self.claims.sub, transport = self.transport, reason, "stream closed");
     }
 }
 
@@ -158,6 +166,13 @@ impl Session {
         gauge.inc();
         let app_metrics = shared.metrics.app(&o.claims.sub);
         app_metrics.streams.inc();
+        tracing::info!(
+            client_id = %o.claims.sub,
+            transport,
+            devices = o.devices.len(),
+            resume = ?o.resume,
+            "stream opened"
+        );
         let ttl_ms = u64::try_from(o.claims.exp * 1000 - o.now_ms).unwrap_or(0);
         Session {
             deadline: Instant::now() + Duration::from_millis(ttl_ms),
@@ -171,6 +186,7 @@ impl Session {
             versions,
             purge: None,
             ended: None,
+            transport,
             gauge,
             app_metrics,
             _permit: o.permit,
