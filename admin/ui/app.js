@@ -52,7 +52,8 @@ async function renderNow() {
   try {
     await pageFn(main, go, arg && decodeURIComponent(arg));
   } catch (e) {
-    if (!session.key) return signIn();
+    // A refused key has already brought up the sign-in page.
+    if (!session.key) return;
     mount(main, h('div', { class: 'page-head' }, h('h1', { tabindex: '-1' }, title)),
       h('p', { class: 'banner error', role: 'alert' }, e.message),
       h('a', { class: 'btn', href: '#/applications' }, 'Back to External Applications'));

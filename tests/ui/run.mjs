@@ -462,6 +462,11 @@ async function main() {
     assert(await page.evaluate(() => sessionStorage.length) === 0, 'sessionStorage cleared');
     await page.reload();
     await page.getByLabel('Admin API key').waitFor();
+    // A key refused mid-session (revoked) brings the sign-in page back.
+    await page.evaluate(() => sessionStorage.setItem('sensegate.adminKey', 'revoked-key'));
+    await page.reload();
+    assert((await fieldError('key')).includes('no longer accepted'), 'a refused session key asks to sign in again');
+    assert(await page.evaluate(() => sessionStorage.length) === 0, 'and is forgotten');
   });
 
   await check('no console errors, CSP violations or external requests', async () => {
