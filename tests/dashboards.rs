@@ -166,6 +166,10 @@ fn metric_names_are_found_in_promql() {
         names("topk(10, sum without (instance) (foo)) # comment bar"),
         ["foo"]
     );
+    assert_eq!(
+        names(r#"{__name__=~"p_info|q_total", job=~"$job"} or {__name__ = "r"}"#),
+        ["p_info", "q_total", "r"]
+    );
 }
 
 #[test]
@@ -710,6 +714,29 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
             }
             _ => i += 1,
         }
+    }
+    // `{__name__=~"a|b"}` names metrics too.
+    let mut rest = expr;
+    while let Some(at) = rest.find("__name__") {
+        rest = rest[at + 8..].trim_start();
+        let Some(after) = rest.strip_prefix("=~").or_else(|| rest.strip_prefix('=')) else {
+            continue;
+        };
+        let after = after.trim_start();
+        let Some(value) = after.strip_prefix('"').and_then(|v| v.split_once('"')) else {
+            continue;
+        };
+        names.extend(
+            value
+                .0
+                .split('|')
+                .filter(|n| {
+                    !n.is_empty()
+                        && n.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+                })
+                .map(str::to_owned),
+        );
     }
     names
 }
