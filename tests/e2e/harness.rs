@@ -90,6 +90,46 @@ fn spawn(args: &[String], output: &Arc<Mutex<String>>) -> (Child, String) {
     }
 }
 
+/// `sensegate admin serve` on `http` with its data under `root/admin`.
+fn admin_args(http: &str, root: &tempfile::TempDir) -> Vec<String> {
+    let dir = root.path().join("admin").display().to_string();
+    [
+        "admin",
+        "serve",
+        "--http-addr",
+        http,
+        "--cluster-key",
+        CLUSTER_KEY,
+        "--data-dir",
+        &dir,
+    ]
+    .map(String::from)
+    .into()
+}
+
+/// `sensegate broker` following the admin at `admin`, data under `root/broker`.
+fn broker_args(admin: SocketAddr, root: &tempfile::TempDir, extra: &[&str]) -> Vec<String> {
+    let dir = root.path().join("broker").display().to_string();
+    let url = format!("http://{admin}");
+    let mut args: Vec<String> = [
+        "broker",
+        "--http-addr",
+        "127.0.0.1:0",
+        "--quic-addr",
+        "127.0.0.1:0",
+        "--cluster-key",
+        CLUSTER_KEY,
+        "--admin-url",
+        &url,
+        "--data-dir",
+        &dir,
+    ]
+    .map(String::from)
+    .into();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
 fn addr_in(line: &str, key: &str) -> SocketAddr {
     line.split_whitespace()
         .find_map(|kv| kv.strip_prefix(key))
@@ -143,42 +183,30 @@ impl Server {
     pub(crate) fn start_split(extra: &[&str]) -> Server {
         let data_dir = Arc::new(tempfile::tempdir().expect("temp dir"));
         let output = Arc::new(Mutex::new(String::new()));
-        let dir = |name: &str| data_dir.path().join(name).display().to_string();
-        let admin_args: Vec<String> = [
-            "admin",
-            "serve",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--cluster-key",
-            CLUSTER_KEY,
-            "--data-dir",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([dir("admin")])
-        .collect();
-        let (admin, line) = spawn(&admin_args, &output);
+        let (admin, line) = spawn(&admin_args("127.0.0.1:0", &data_dir), &output);
         let http = addr_in(&line, "http=");
-        let mut broker_args: Vec<String> = [
-            "broker",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--quic-addr",
-            "127.0.0.1:0",
-            "--cluster-key",
-            CLUSTER_KEY,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        broker_args.extend([
-            "--admin-url".into(),
-            format!("http://{http}"),
-            "--data-dir".into(),
-            dir("broker"),
-        ]);
-        broker_args.extend(extra.iter().map(|s| s.to_string()));
-        let (broker, line) = spawn(&broker_args, &output);
+        let (broker, line) = spawn(&broker_args(http, &data_dir, extra), &output);
+        Server {
+            http,
+            stream_http: addr_in(&line, "http="),
+            quic: addr_in(&line, "quic="),
+            children: vec![admin, broker],
+            data_dir,
+            output,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    /// Like [`Server::start_split`], but the broker starts first, pointed
+    /// at an address where no admin listens yet.
+    pub(crate) fn start_split_broker_first() -> Server {
+        let data_dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        let output = Arc::new(Mutex::new(String::new()));
+        let http = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        let (broker, line) = spawn(&broker_args(http, &data_dir, &[]), &output);
+        let (admin, _) = spawn(&admin_args(&http.to_string(), &data_dir), &output);
         Server {
             http,
             stream_http: addr_in(&line, "http="),
@@ -199,18 +227,10 @@ impl Server {
 
     /// Split mode: starts the admin again on the same address and data.
     pub(crate) fn restart_admin(&mut self) {
-        let args: Vec<String> = [
-            "admin".to_string(),
-            "serve".into(),
-            "--http-addr".into(),
-            self.http.to_string(),
-            "--cluster-key".into(),
-            CLUSTER_KEY.into(),
-            "--data-dir".into(),
-            self.data_dir.path().join("admin").display().to_string(),
-        ]
-        .into();
-        let (admin, _) = spawn(&args, &self.output);
+        let (admin, _) = spawn(
+            &admin_args(&self.http.to_string(), &self.data_dir),
+            &self.output,
+        );
         self.children[0] = admin;
     }
 

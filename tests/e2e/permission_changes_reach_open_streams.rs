@@ -315,3 +315,28 @@ async fn broker_rides_out_an_admin_restart_and_catches_up() {
     // Reconnect backoff is at most 5 s.
     assert!(t.elapsed() < Duration::from_secs(8));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_started_before_the_admin_catches_up_when_it_comes() {
+    let server = Server::start_split_broker_first();
+    let key = server.create_device("d").await;
+    let app = server.create_app_full("patient", &["d"], &[], false).await;
+    let token = server.token(&app.client_id, &app.secret).await;
+    // The broker learns of the application (and the signing key) from the
+    // feed once the admin is up; allow for its reconnect backoff.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut stream = loop {
+        let resp = server.stream_request(&token, "", &[]).await;
+        if resp.status() == 200 {
+            break SseStream::new(resp);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the broker never caught up with the admin"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(server.publish("d", &key, &one_reading(7)).status.success());
+    let got = stream.collect_until(WAIT, |e| !e.is_empty()).await;
+    assert_eq!(got[0].json()["readings"]["i"], 7.0);
+}
