@@ -59,6 +59,15 @@ pub(crate) struct TokenArgs {
     pub(crate) token_ttl: u64,
 }
 
+impl TokenArgs {
+    /// The configured issuer, or this process's own base URL.
+    fn issuer_for(&self, http_addr: SocketAddr) -> String {
+        self.issuer
+            .clone()
+            .unwrap_or_else(|| format!("http://{http_addr}"))
+    }
+}
+
 /// The data plane.
 #[derive(Debug, clap::Args)]
 pub(crate) struct BrokerArgs {
@@ -222,11 +231,7 @@ fn start_ingest(broker: &Broker) -> anyhow::Result<Listener> {
 /// `sensegate serve`: everything in one process.
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let (http, http_addr) = bind_http(args.node.http_addr).await?;
-    let issuer = args
-        .token
-        .issuer
-        .clone()
-        .unwrap_or_else(|| format!("http://{http_addr}"));
+    let issuer = args.token.issuer_for(http_addr);
     let broker = Broker::new(
         args.broker
             .config(args.node.data_dir.clone(), issuer.clone()),
@@ -267,11 +272,7 @@ pub(crate) async fn run_broker(args: BrokerProcessArgs) -> anyhow::Result<()> {
 /// `sensegate admin serve`: the control plane, serving the feed.
 pub(crate) async fn run_admin(args: AdminServeArgs) -> anyhow::Result<()> {
     let (http, http_addr) = bind_http(args.node.http_addr).await?;
-    let issuer = args
-        .token
-        .issuer
-        .clone()
-        .unwrap_or_else(|| format!("http://{http_addr}"));
+    let issuer = args.token.issuer_for(http_addr);
     let hub = FeedHub::new(None);
     let admin = open_admin(
         &args.store,

@@ -186,11 +186,22 @@ impl Server {
         let (admin, line) = spawn(&admin_args("127.0.0.1:0", &data_dir), &output);
         let http = addr_in(&line, "http=");
         let (broker, line) = spawn(&broker_args(http, &data_dir, extra), &output);
+        Self::split(http, &line, [admin, broker], data_dir, output)
+    }
+
+    /// A split-mode server from its admin and broker processes.
+    fn split(
+        http: SocketAddr,
+        broker_line: &str,
+        children: [Child; 2],
+        data_dir: Arc<tempfile::TempDir>,
+        output: Arc<Mutex<String>>,
+    ) -> Server {
         Server {
             http,
-            stream_http: addr_in(&line, "http="),
-            quic: addr_in(&line, "quic="),
-            children: vec![admin, broker],
+            stream_http: addr_in(broker_line, "http="),
+            quic: addr_in(broker_line, "quic="),
+            children: children.into(),
             data_dir,
             output,
             client: reqwest::Client::new(),
@@ -207,15 +218,7 @@ impl Server {
             .expect("a free port");
         let (broker, line) = spawn(&broker_args(http, &data_dir, &[]), &output);
         let (admin, _) = spawn(&admin_args(&http.to_string(), &data_dir), &output);
-        Server {
-            http,
-            stream_http: addr_in(&line, "http="),
-            quic: addr_in(&line, "quic="),
-            children: vec![admin, broker],
-            data_dir,
-            output,
-            client: reqwest::Client::new(),
-        }
+        Self::split(http, &line, [admin, broker], data_dir, output)
     }
 
     /// Split mode: stops the admin process (the broker keeps running).
