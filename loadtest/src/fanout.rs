@@ -358,6 +358,8 @@ pub(crate) async fn run(scenario: &str, target: Target, plan: Plan, t: &Tuning) 
             rate: t.rate,
             fanout: plan.fanout(d),
             window,
+            drain: t.drain,
+            ack_window: t.ack_window,
         };
         tasks.push(tokio::spawn(publisher::run(
             p,
@@ -366,16 +368,16 @@ pub(crate) async fn run(scenario: &str, target: Target, plan: Plan, t: &Tuning) 
             counters.clone(),
         )));
     }
-    if tasks.is_empty() {
-        tokio::time::sleep_until(until).await;
-    }
+    // The window ends on time: publishers abandon a send still blocked at
+    // the deadline, then wait (at most --drain) for the broker's acks.
+    tokio::time::sleep_until(until).await;
+    let duration_s = t.duration.as_secs_f64();
+    let at_end = counters.snapshot();
     for task in tasks {
         if let Err(e) = task.await.context("publisher task")? {
             shared.error(format!("publisher: {e:#}"));
         }
     }
-    let duration_s = start.elapsed().as_secs_f64().max(t.duration.as_secs_f64());
-    let at_end = counters.snapshot();
 
     // Drain: wait for what is still on its way, while it keeps coming.
     let drain_until = Instant::now() + t.drain;

@@ -159,6 +159,10 @@ pub(crate) struct Tuning {
     /// Max-rate mode: deliveries in flight per subscriber before publishers wait.
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub(crate) window: u64,
+    /// QUIC devices: events sent beyond the broker's last acknowledgement
+    /// before a device waits (bounds what a device buffers).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub(crate) ack_window: u64,
     /// Replay reading values from this CSV (`timestamp,value`, e.g.
     /// tests/data/nab/machine_temperature_system_failure.csv).
     #[arg(long, value_name = "FILE")]

@@ -21,17 +21,17 @@ use crate::payload::{EventTemplate, StampedPayload, Values};
 use crate::stats::Counters;
 use crate::tally::{stamp, Tally};
 
-/// Unacknowledged events a device may have in flight before it waits for
-/// the broker's acks (the broker acks each read of up to 1,024 frames).
-const ACK_WINDOW: u64 = 8_192;
-
 /// One publisher's connection.
 pub(crate) enum Publisher {
     Quic {
         session: Box<DeviceSession>,
         template: EventTemplate,
         values: Values,
+        /// The last sequence number encoded.
         seq: u64,
+        /// The last sequence number completely written to the stream.
+        confirmed: u64,
+        /// The last sequence number the broker acknowledged.
         acked: u64,
     },
     Mqtt {
@@ -136,6 +136,7 @@ impl Publisher {
         let seq = session.resume_after();
         Publisher::Quic {
             acked: seq,
+            confirmed: seq,
             session: Box::new(session),
             template,
             values,
@@ -144,7 +145,7 @@ impl Publisher {
     }
 
     /// Sends `n` events in one write.
-    async fn send(&mut self, n: usize, counters: &Counters) -> Result<()> {
+    async fn send(&mut self, n: usize, ack_window: u64, counters: &Counters) -> Result<()> {
         let s = stamp();
         match self {
             Publisher::Quic {
@@ -152,12 +153,12 @@ impl Publisher {
                 template,
                 values,
                 seq,
+                confirmed,
                 acked,
             } => {
-                if *seq - *acked > ACK_WINDOW {
-                    session
-                        .wait_acked(*seq - ACK_WINDOW, Duration::from_secs(10))
-                        .await?;
+                let want = (*seq + n as u64).saturating_sub(ack_window);
+                if want > session.acked() {
+                    session.wait_acked(want, Duration::from_secs(10)).await?;
                 }
                 let ts_ms = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
                 let ts_ms = i64::try_from(ts_ms).unwrap_or(0);
@@ -169,6 +170,7 @@ impl Publisher {
                     template.encode(buf);
                 }
                 session.send_encoded().await?;
+                *confirmed = *seq;
                 let now = session.acked();
                 counters.acked.fetch_add(now - *acked, Relaxed);
                 *acked = now;
@@ -207,15 +209,15 @@ impl Publisher {
 
     /// Waits for the broker's acknowledgement of everything sent (QUIC) and
     /// closes.
-    async fn finish(self, counters: &Counters) -> Result<()> {
+    async fn finish(self, counters: &Counters, wait: Duration) -> Result<()> {
         match self {
             Publisher::Quic {
                 mut session,
-                seq,
+                confirmed,
                 acked,
                 ..
             } => {
-                let waited = session.wait_acked(seq, Duration::from_secs(5)).await;
+                let waited = session.wait_acked(confirmed, wait).await;
                 counters.acked.fetch_add(session.acked() - acked, Relaxed);
                 session.close().await;
                 waited?;
@@ -239,6 +241,10 @@ pub(crate) struct Pace {
     pub(crate) fanout: u64,
     /// In max-rate mode, the deliveries all publishers may have in flight.
     pub(crate) window: u64,
+    /// After the deadline, how long to wait for the broker's acks.
+    pub(crate) drain: Duration,
+    /// QUIC: events a device may send beyond the broker's last ack.
+    pub(crate) ack_window: u64,
 }
 
 /// Sends until `until`, then finishes.
@@ -276,10 +282,15 @@ pub(crate) async fn run(
                 batch
             }
         };
-        p.send(n as usize, &counters).await?;
+        // A send still blocked (flow control, acks) at the deadline is
+        // abandoned: the window ends on time.
+        match tokio::time::timeout_at(until, p.send(n as usize, pace.ack_window, &counters)).await {
+            Ok(result) => result?,
+            Err(_) => break,
+        }
         sent += n;
         counters.sent.fetch_add(n, Relaxed);
         counters.expected.fetch_add(n * pace.fanout, Relaxed);
     }
-    p.finish(&counters).await
+    p.finish(&counters, pace.drain).await
 }
