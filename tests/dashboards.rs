@@ -280,10 +280,10 @@ async fn every_panel_and_alert_works_against_prometheus() {
     );
     assert!(
         report.failures.is_empty(),
-        "{} problem(s) with dashboards/ (metrics exported by sensegate: {:?}):\n  - {}\n\nprometheus log tail:\n{}",
+        "{} problem(s) with dashboards/:\n  - {}\n\nmetrics sensegate exports: {:?}\n\nprometheus log tail:\n{}",
         report.failures.len(),
-        report.exported,
         report.failures.join("\n  - "),
+        report.exported,
         prom.log_tail()
     );
 }
