@@ -364,7 +364,8 @@ async fn check_everything(server: &SenseGate, prom: &Prometheus, http: &reqwest:
 
     // Every alert rule, as Prometheus loaded and evaluated it: healthy, its
     // query parses, and every metric it names is exported and scraped. They
-    // return data only when something is wrong, so no data is expected.
+    // return data only when something is wrong, and nothing is wrong here,
+    // so they must return nothing.
     let alerts_yml = std::fs::read_to_string(dashboards_dir().join("alerts.yml")).unwrap();
     let declared = alerts_yml
         .lines()
@@ -392,8 +393,12 @@ async fn check_everything(server: &SenseGate, prom: &Prometheus, http: &reqwest:
             ));
         }
         check_names(&mut report.failures, &what, expr);
-        if let Err(e) = prom.query(http, expr).await {
-            report.failures.push(format!("{what}: {e}\n      {expr}"));
+        match prom.query(http, expr).await {
+            Err(e) => report.failures.push(format!("{what}: {e}\n      {expr}")),
+            Ok(0) => {}
+            Ok(n) => report.failures.push(format!(
+                "{what}: returns {n} series on a healthy server: it would fire\n      {expr}"
+            )),
         }
         for metric in metric_names(expr) {
             match prom.series(http, &metric).await {
