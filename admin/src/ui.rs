@@ -48,6 +48,7 @@ const ASSETS: &[Asset] = &[
     asset!("api.js", "text/javascript; charset=utf-8"),
     asset!("apps.js", "text/javascript; charset=utf-8"),
     asset!("dom.js", "text/javascript; charset=utf-8"),
+    asset!("preview.js", "text/javascript; charset=utf-8"),
     asset!("resources.js", "text/javascript; charset=utf-8"),
     asset!("widgets.js", "text/javascript; charset=utf-8"),
     asset!("icon.svg", "image/svg+xml"),

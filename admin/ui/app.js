@@ -21,6 +21,8 @@ const ROUTES = [
 ];
 
 let rendering = Promise.resolve();
+/** What the current page needs done when it is left (e.g. close a stream). */
+let leave = null;
 
 /** Navigates to `hash` and resolves once the page is rendered. */
 export function go(hash) {
@@ -36,6 +38,8 @@ function render() {
 
 async function renderNow() {
   document.querySelectorAll('dialog[open]').forEach((d) => d.remove());
+  if (typeof leave === 'function') leave();
+  leave = null;
   if (!session.key) return signIn();
   top.hidden = false;
   const hash = location.hash || '#/applications';
@@ -50,7 +54,7 @@ async function renderNow() {
   document.title = `${title} · SenseGate`;
   main.setAttribute('aria-busy', 'true');
   try {
-    await pageFn(main, go, arg && decodeURIComponent(arg));
+    leave = await pageFn(main, go, arg && decodeURIComponent(arg));
   } catch (e) {
     // A refused key has already brought up the sign-in page.
     if (!session.key) return;

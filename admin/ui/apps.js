@@ -2,6 +2,7 @@
 import { api, all, page, enc, ApiError } from './api.js';
 import { h, mount, localDateTime, localDate, isoDay, toast, modal, confirmDialog } from './dom.js';
 import { field, showErrors, multiSelect, rowMenu, icon } from './widgets.js';
+import { livePreview } from './preview.js';
 
 const NEAR_DAYS = 14;
 const DAY = 86400e3;
@@ -305,6 +306,7 @@ export async function viewPage(main, go, id) {
       : h('span', { class: 'muted' }, 'None');
   };
   const row = (label, value) => [h('dt', {}, label), h('dd', {}, value)];
+  const preview = livePreview(app);
   mount(main,
     h('div', { class: 'page-head' },
       h('h1', { tabindex: '-1' }, app.name),
@@ -320,5 +322,7 @@ export async function viewPage(main, go, id) {
       row('Device Groups', names(groups, app.deviceGroups, false)),
       row('Client ID', h('code', {}, app.clientId)),
       row('Created At', localDateTime(app.createdAt)),
-      row('Updated At', localDateTime(app.updatedAt)))));
+      row('Updated At', localDateTime(app.updatedAt)))),
+    preview.el);
+  return preview.stop;
 }

@@ -98,7 +98,7 @@ function startServer() {
     server.stdout.on('data', (d) => {
       out += d;
       const m = out.match(/listening http=(\S+) quic=(\S+)/);
-      if (m) { clearTimeout(timer); resolve(`http://${m[1]}`); }
+      if (m) { clearTimeout(timer); QUIC = m[2]; resolve(`http://${m[1]}`); }
     });
     server.stderr.on('data', (d) => { if (process.env.VERBOSE) process.stderr.write(d); });
     server.on('exit', (code) => { clearTimeout(timer); reject(new Error(`server exited (${code}):\n${out}`)); });
@@ -109,6 +109,8 @@ function startServer() {
 // --- the API, from the test (setup and proofs) ---
 
 let BASE;
+let QUIC;
+const ingestKeys = {};
 async function adminApi(method, p, body) {
   const res = await fetch(`${BASE}/api/v1${p}`, {
     method,
@@ -134,6 +136,19 @@ async function tokenWorks(id, secret) {
 async function tokenRefused(id, secret) {
   const t = await token(id, secret);
   return t.status === 401 && t.body.error === 'invalid_client';
+}
+
+/** Publishes JSON lines as a device with the real `sensegate publish`. */
+function publish(device, events) {
+  return new Promise((resolve, reject) => {
+    const p = spawn(BIN, ['publish', '--server', QUIC, '--device', device, '--key', ingestKeys[device],
+      '--ca', path.join(tmp, 'data', 'cert.pem')], { stdio: ['pipe', 'pipe', 'pipe'] });
+    let out = '';
+    p.stdout.on('data', (d) => { out += d; });
+    p.stderr.on('data', (d) => { out += d; });
+    p.on('exit', (code) => (code === 0 ? resolve(out) : reject(new Error(`publish exited ${code}: ${out}`))));
+    p.stdin.end(events.map((e) => JSON.stringify(e)).join('\n') + '\n');
+  });
 }
 
 const inDays = (n) => {
@@ -263,6 +278,7 @@ async function main() {
       await dlg.getByRole('button', { name: 'Show Ingest Key' }).click();
       const key = await dlg.getByLabel('Ingest Key', { exact: true }).inputValue();
       assert(key.startsWith('sgd_'), `ingest key: ${key}`);
+      ingestKeys[id] = key;
       await dlg.getByRole('button', { name: 'Done' }).click();
       await dlg.waitFor({ state: 'detached' });
     }
@@ -345,8 +361,31 @@ async function main() {
     for (const s of ['Include Anomalies\nYes', 'Press 1', 'Press 2', 'Line A', 'Enabled', creds.clientId]) {
       assert(text.includes(s), `details show ${s}: ${text}`);
     }
-    assert(await page.locator('main input, main textarea').count() === 0, 'nothing editable');
+    assert(await page.locator('dl.details input').count() === 0, 'nothing editable');
     await shot('08-view');
+  });
+
+  await check('live preview on the View page: the stream exactly as the application sees it', async () => {
+    const secret = page.getByLabel('Client Secret', { exact: true });
+    await secret.fill('sgs_wrong');
+    await page.getByRole('button', { name: 'Start preview' }).click();
+    assert((await fieldError('secret')).includes('Refused'), 'a wrong secret is refused');
+    await secret.fill(creds.clientSecret);
+    await page.getByRole('button', { name: 'Start preview' }).click();
+    await page.getByText('Connected: waiting for events').waitFor();
+    assert(await secret.inputValue() === '', 'the secret is wiped once used');
+    const now = Date.now();
+    await publish('press-1', [
+      { ts: new Date(now).toISOString(), kind: 'reading', readings: { temperature: 71.5 } },
+      { ts: new Date(now + 1000).toISOString(), kind: 'anomaly', readings: { temperature: 99.1 } },
+    ]);
+    await until('2 events', async () => (await page.locator('table.events tbody tr').count()) === 2);
+    const rows = await page.locator('table.events tbody tr').allInnerTexts();
+    assert(rows[0].includes('anomaly') && rows[0].includes('press-1') && rows[0].includes('99.1'), `anomaly: ${rows[0]}`);
+    assert(rows[1].includes('telemetry') && rows[1].includes('71.5'), `telemetry: ${rows[1]}`);
+    await shot('08b-live-preview', { fullPage: true });
+    await page.getByRole('button', { name: 'Stop' }).click();
+    await page.getByText('Stopped.').waitFor();
   });
 
   await check('edit: name, include anomalies, devices; Update', async () => {
