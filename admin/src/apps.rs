@@ -18,9 +18,9 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 use utoipa::ToSchema;
 
-use crate::audit::{self, Event};
-use crate::db::{self, flag, Page};
+use crate::db::{flag, Page};
 use crate::error::{conflict_on_unique, AdminError};
+use crate::lifecycle::{self, Kind, Links};
 use crate::tenants::Caller;
 use crate::validate::{self, Name};
 use crate::{secret, Admin};
@@ -91,9 +91,35 @@ pub(crate) struct Client {
     pub(crate) secret_generation: u64,
 }
 
-const COLS: &str =
-    "id, name, client_id, enabled, include_anomalies, expires_at, created_at, updated_at";
 const NAME_TAKEN: &str = "an application with this name already exists";
+
+const KIND: Kind = Kind {
+    table: "applications",
+    cols: "id, name, client_id, enabled, include_anomalies, expires_at, created_at, updated_at",
+    noun: "application",
+    audit: "application",
+    name_taken: Some(NAME_TAKEN),
+};
+
+/// The devices an application names directly.
+const DEVICES: Links = Links {
+    table: "application_devices",
+    owner: "app_id",
+    member: "device_id",
+    members: "devices",
+    field: "devices",
+    noun: "device",
+};
+
+/// The groups an application names.
+const GROUPS: Links = Links {
+    table: "application_groups",
+    owner: "app_id",
+    member: "group_id",
+    members: "device_groups",
+    field: "deviceGroups",
+    noun: "device group",
+};
 
 fn status(enabled: bool) -> &'static str {
     if enabled {
@@ -115,44 +141,16 @@ fn summary(r: &AnyRow, now: i64) -> Result<AppSummary, AdminError> {
     })
 }
 
-async fn id_column(
-    conn: &mut AnyConnection,
-    sql: &str,
-    app: &str,
-) -> Result<Vec<String>, AdminError> {
-    let rows = sqlx::query(sql).bind(app).fetch_all(&mut *conn).await?;
-    rows.iter()
-        .map(|r| Ok(r.try_get::<String, _>(0)?))
-        .collect()
-}
-
 async fn fetch(
     conn: &mut AnyConnection,
     tenant: &str,
     id: &str,
     now: i64,
 ) -> Result<AppView, AdminError> {
-    let r = sqlx::query(&format!(
-        "SELECT {COLS} FROM applications WHERE tenant_id = $1 AND id = $2"
-    ))
-    .bind(tenant)
-    .bind(id)
-    .fetch_optional(&mut *conn)
-    .await?
-    .ok_or_else(|| AdminError::NotFound(format!("application {id}")))?;
+    let r = lifecycle::fetch_row(conn, &KIND, tenant, id).await?;
     let expires: i64 = r.try_get("expires_at")?;
-    let devices = id_column(
-        conn,
-        "SELECT device_id FROM application_devices WHERE app_id = $1 ORDER BY device_id",
-        id,
-    )
-    .await?;
-    let device_groups = id_column(
-        conn,
-        "SELECT group_id FROM application_groups WHERE app_id = $1 ORDER BY group_id",
-        id,
-    )
-    .await?;
+    let devices = lifecycle::linked(conn, &DEVICES, tenant, id).await?;
+    let device_groups = lifecycle::linked(conn, &GROUPS, tenant, id).await?;
     Ok(AppView {
         id: r.try_get("id")?,
         name: r.try_get("name")?,
@@ -167,68 +165,6 @@ async fn fetch(
         client_id: r.try_get("client_id")?,
         client_secret: None,
     })
-}
-
-/// Replaces the application's direct devices after checking they exist.
-async fn set_devices(
-    conn: &mut AnyConnection,
-    tenant: &str,
-    app: &str,
-    ids: &[String],
-) -> Result<(), AdminError> {
-    let missing = db::missing_ids(conn, "devices", tenant, ids).await?;
-    if !missing.is_empty() {
-        return Err(AdminError::invalid(
-            "devices",
-            format!("unknown device ids: {}", missing.join(", ")),
-        ));
-    }
-    sqlx::query("DELETE FROM application_devices WHERE app_id = $1")
-        .bind(app)
-        .execute(&mut *conn)
-        .await?;
-    for d in ids {
-        sqlx::query(
-            "INSERT INTO application_devices (tenant_id, app_id, device_id) VALUES ($1, $2, $3)",
-        )
-        .bind(tenant)
-        .bind(app)
-        .bind(d)
-        .execute(&mut *conn)
-        .await?;
-    }
-    Ok(())
-}
-
-/// Replaces the application's groups after checking they exist.
-async fn set_groups(
-    conn: &mut AnyConnection,
-    tenant: &str,
-    app: &str,
-    ids: &[String],
-) -> Result<(), AdminError> {
-    let missing = db::missing_ids(conn, "device_groups", tenant, ids).await?;
-    if !missing.is_empty() {
-        return Err(AdminError::invalid(
-            "deviceGroups",
-            format!("unknown device group ids: {}", missing.join(", ")),
-        ));
-    }
-    sqlx::query("DELETE FROM application_groups WHERE app_id = $1")
-        .bind(app)
-        .execute(&mut *conn)
-        .await?;
-    for g in ids {
-        sqlx::query(
-            "INSERT INTO application_groups (tenant_id, app_id, group_id) VALUES ($1, $2, $3)",
-        )
-        .bind(tenant)
-        .bind(app)
-        .bind(g)
-        .execute(&mut *conn)
-        .await?;
-    }
-    Ok(())
 }
 
 /// Inserts an application; returns `(id, client id, client secret)`.
@@ -259,8 +195,8 @@ pub(crate) async fn insert(
     .execute(&mut *conn)
     .await
     .map_err(|e| conflict_on_unique(e, NAME_TAKEN))?;
-    set_devices(conn, tenant, &id, &a.devices).await?;
-    set_groups(conn, tenant, &id, &a.groups).await?;
+    lifecycle::replace_links(conn, &DEVICES, tenant, &id, &a.devices).await?;
+    lifecycle::replace_links(conn, &GROUPS, tenant, &id, &a.groups).await?;
     Ok((id, client_id, client_secret))
 }
 
@@ -283,9 +219,7 @@ pub(crate) async fn rotate_secret(
     .bind(id)
     .execute(&mut *conn)
     .await?;
-    if done.rows_affected() == 0 {
-        return Err(AdminError::NotFound(format!("application {id}")));
-    }
+    KIND.found(done, id)?;
     Ok(client_secret)
 }
 
@@ -318,17 +252,7 @@ impl Admin {
         }
         let mut change = self.change().await?;
         let (id, _, client_secret) = insert(change.conn(), &caller.tenant, &a, now).await?;
-        audit::record(
-            change.conn(),
-            &Event::new(
-                &caller.tenant,
-                caller.actor.clone(),
-                "application.create",
-                "application",
-                &id,
-            ),
-        )
-        .await?;
+        lifecycle::record(change.conn(), &KIND, caller, "create", &id).await?;
         let mut v = fetch(change.conn(), &caller.tenant, &id, now).await?;
         change.commit().await?;
         v.client_secret = Some(client_secret);
@@ -341,19 +265,8 @@ impl Admin {
         page: &Page,
     ) -> Result<(Vec<AppSummary>, Option<String>), AdminError> {
         let now = self.now_ms();
-        let (sql, args) = db::page_query(COLS, "applications", tenant, page);
-        let mut conn = self.inner.pool.acquire().await?;
-        let rows = db::bind_all(sqlx::query(&sql), &args)
-            .fetch_all(&mut *conn)
-            .await?;
-        let mut keyed = Vec::with_capacity(rows.len());
-        for r in &rows {
-            keyed.push((r.try_get::<i64, _>("created_at")?, summary(r, now)?));
-        }
-        let next = audit::page_cursor(&mut keyed, page.limit, |(at, v)| {
-            db::encode_cursor(*at, &v.id)
-        });
-        Ok((keyed.into_iter().map(|(_, v)| v).collect(), next))
+        self.list_page(&KIND, tenant, page, |r| summary(r, now), |v| &v.id)
+            .await
     }
 
     pub(crate) async fn get_app(&self, tenant: &str, id: &str) -> Result<AppView, AdminError> {
@@ -372,16 +285,7 @@ impl Admin {
         fetch(change.conn(), &caller.tenant, id, now).await?;
         let mut fields = Vec::new();
         if let Some(n) = &p.name {
-            sqlx::query(
-                "UPDATE applications SET name = $1, name_key = $2 WHERE tenant_id = $3 AND id = $4",
-            )
-            .bind(&n.display)
-            .bind(&n.key)
-            .bind(&caller.tenant)
-            .bind(id)
-            .execute(change.conn())
-            .await
-            .map_err(|e| conflict_on_unique(e, NAME_TAKEN))?;
+            lifecycle::rename(change.conn(), &KIND, &caller.tenant, id, n).await?;
             fields.push("name");
         }
         if let Some(inc) = p.include_anomalies {
@@ -396,58 +300,21 @@ impl Admin {
             fields.push("includeAnomalies");
         }
         if let Some(d) = &p.devices {
-            set_devices(change.conn(), &caller.tenant, id, d).await?;
+            lifecycle::replace_links(change.conn(), &DEVICES, &caller.tenant, id, d).await?;
             fields.push("devices");
         }
         if let Some(g) = &p.groups {
-            set_groups(change.conn(), &caller.tenant, id, g).await?;
+            lifecycle::replace_links(change.conn(), &GROUPS, &caller.tenant, id, g).await?;
             fields.push("deviceGroups");
         }
-        sqlx::query("UPDATE applications SET updated_at = $1 WHERE tenant_id = $2 AND id = $3")
-            .bind(now)
-            .bind(&caller.tenant)
-            .bind(id)
-            .execute(change.conn())
-            .await?;
-        audit::record(
-            change.conn(),
-            &Event::new(
-                &caller.tenant,
-                caller.actor.clone(),
-                "application.update",
-                "application",
-                id,
-            )
-            .detail(serde_json::json!({ "fields": fields })),
-        )
-        .await?;
+        lifecycle::finish_update(change.conn(), &KIND, caller, id, now, &fields).await?;
         let v = fetch(change.conn(), &caller.tenant, id, now).await?;
         change.commit().await?;
         Ok(v)
     }
 
     pub(crate) async fn delete_app(&self, caller: &Caller, id: &str) -> Result<(), AdminError> {
-        let mut change = self.change().await?;
-        let done = sqlx::query("DELETE FROM applications WHERE tenant_id = $1 AND id = $2")
-            .bind(&caller.tenant)
-            .bind(id)
-            .execute(change.conn())
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(AdminError::NotFound(format!("application {id}")));
-        }
-        audit::record(
-            change.conn(),
-            &Event::new(
-                &caller.tenant,
-                caller.actor.clone(),
-                "application.delete",
-                "application",
-                id,
-            ),
-        )
-        .await?;
-        change.commit().await
+        self.delete_one(&KIND, caller, id).await
     }
 
     pub(crate) async fn rotate_app_secret(
@@ -458,17 +325,7 @@ impl Admin {
         let now = self.now_ms();
         let mut change = self.change().await?;
         let client_secret = rotate_secret(change.conn(), &caller.tenant, id, now).await?;
-        audit::record(
-            change.conn(),
-            &Event::new(
-                &caller.tenant,
-                caller.actor.clone(),
-                "application.rotate_secret",
-                "application",
-                id,
-            ),
-        )
-        .await?;
+        lifecycle::record(change.conn(), &KIND, caller, "rotate_secret", id).await?;
         let mut v = fetch(change.conn(), &caller.tenant, id, now).await?;
         change.commit().await?;
         v.client_secret = Some(client_secret);
@@ -483,34 +340,7 @@ impl Admin {
     ) -> Result<AppView, AdminError> {
         let now = self.now_ms();
         let mut change = self.change().await?;
-        let done = sqlx::query(
-            "UPDATE applications SET enabled = $1, updated_at = $2 WHERE tenant_id = $3 AND id = $4",
-        )
-        .bind(i64::from(enabled))
-        .bind(now)
-        .bind(&caller.tenant)
-        .bind(id)
-        .execute(change.conn())
-        .await?;
-        if done.rows_affected() == 0 {
-            return Err(AdminError::NotFound(format!("application {id}")));
-        }
-        let action = if enabled {
-            "application.enable"
-        } else {
-            "application.disable"
-        };
-        audit::record(
-            change.conn(),
-            &Event::new(
-                &caller.tenant,
-                caller.actor.clone(),
-                action,
-                "application",
-                id,
-            ),
-        )
-        .await?;
+        lifecycle::set_enabled(change.conn(), &KIND, caller, id, enabled, now).await?;
         let v = fetch(change.conn(), &caller.tenant, id, now).await?;
         change.commit().await?;
         Ok(v)

@@ -8,9 +8,9 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 use utoipa::ToSchema;
 
-use crate::audit::{self, Event};
-use crate::db::{self, flag, Page};
+use crate::db::{flag, Page};
 use crate::error::{conflict_on_unique, AdminError};
+use crate::lifecycle::{self, Kind};
 use crate::tenants::Caller;
 use crate::validate::{self, Name};
 use crate::{secret, Admin};
@@ -44,7 +44,14 @@ pub(crate) struct DevicePatch {
     pub(crate) metadata: Option<serde_json::Value>,
 }
 
-const COLS: &str = "id, name, metadata, enabled, created_at, updated_at";
+const KIND: Kind = Kind {
+    table: "devices",
+    cols: "id, name, metadata, enabled, created_at, updated_at",
+    noun: "device",
+    audit: "device",
+    // Device names need not be unique: the id is.
+    name_taken: None,
+};
 
 fn view(r: &AnyRow) -> Result<DeviceView, AdminError> {
     let metadata: String = r.try_get("metadata")?;
@@ -78,15 +85,7 @@ pub(crate) async fn fetch(
     tenant: &str,
     id: &str,
 ) -> Result<DeviceView, AdminError> {
-    let row = sqlx::query(&format!(
-        "SELECT {COLS} FROM devices WHERE tenant_id = $1 AND id = $2"
-    ))
-    .bind(tenant)
-    .bind(id)
-    .fetch_optional(&mut *conn)
-    .await?
-    .ok_or_else(|| AdminError::NotFound(format!("device {id}")))?;
-    view(&row)
+    view(&lifecycle::fetch_row(conn, &KIND, tenant, id).await?)
 }
 
 /// Inserts a device with a fresh ingest key; returns the key.
@@ -132,9 +131,7 @@ pub(crate) async fn rotate_key(
     .bind(id)
     .execute(&mut *conn)
     .await?;
-    if done.rows_affected() == 0 {
-        return Err(AdminError::NotFound(format!("device {id}")));
-    }
+    KIND.found(done, id)?;
     Ok(key)
 }
 
@@ -147,17 +144,7 @@ impl Admin {
         let now = self.now_ms();
         let mut change = self.change().await?;
         let key = insert(change.conn(), &caller.tenant, &d, now).await?;
-        audit::record(
-            change.conn(),
-            &Event::new(
-                &caller.tenant,
-                caller.actor.clone(),
-                "device.create",
-                "device",
-                &d.id,
-            ),
-        )
-        .await?;
+        lifecycle::record(change.conn(), &KIND, caller, "create", &d.id).await?;
         let mut v = fetch(change.conn(), &caller.tenant, &d.id).await?;
         change.commit().await?;
         v.ingest_key = Some(key);
@@ -169,19 +156,7 @@ impl Admin {
         tenant: &str,
         page: &Page,
     ) -> Result<(Vec<DeviceView>, Option<String>), AdminError> {
-        let (sql, args) = db::page_query(COLS, "devices", tenant, page);
-        let mut conn = self.inner.pool.acquire().await?;
-        let rows = db::bind_all(sqlx::query(&sql), &args)
-            .fetch_all(&mut *conn)
-            .await?;
-        let mut keyed = Vec::with_capacity(rows.len());
-        for r in &rows {
-            keyed.push((r.try_get::<i64, _>("created_at")?, view(r)?));
-        }
-        let next = audit::page_cursor(&mut keyed, page.limit, |(at, v)| {
-            db::encode_cursor(*at, &v.id)
-        });
-        Ok((keyed.into_iter().map(|(_, v)| v).collect(), next))
+        self.list_page(&KIND, tenant, page, view, |v| &v.id).await
     }
 
     pub(crate) async fn get_device(
@@ -204,15 +179,7 @@ impl Admin {
         fetch(change.conn(), &caller.tenant, id).await?;
         let mut fields = Vec::new();
         if let Some(n) = &patch.name {
-            sqlx::query(
-                "UPDATE devices SET name = $1, name_key = $2 WHERE tenant_id = $3 AND id = $4",
-            )
-            .bind(&n.display)
-            .bind(&n.key)
-            .bind(&caller.tenant)
-            .bind(id)
-            .execute(change.conn())
-            .await?;
+            lifecycle::rename(change.conn(), &KIND, &caller.tenant, id, n).await?;
             fields.push("name");
         }
         if let Some(m) = &patch.metadata {
@@ -224,51 +191,14 @@ impl Admin {
                 .await?;
             fields.push("metadata");
         }
-        sqlx::query("UPDATE devices SET updated_at = $1 WHERE tenant_id = $2 AND id = $3")
-            .bind(now)
-            .bind(&caller.tenant)
-            .bind(id)
-            .execute(change.conn())
-            .await?;
-        audit::record(
-            change.conn(),
-            &Event::new(
-                &caller.tenant,
-                caller.actor.clone(),
-                "device.update",
-                "device",
-                id,
-            )
-            .detail(serde_json::json!({ "fields": fields })),
-        )
-        .await?;
+        lifecycle::finish_update(change.conn(), &KIND, caller, id, now, &fields).await?;
         let v = fetch(change.conn(), &caller.tenant, id).await?;
         change.commit().await?;
         Ok(v)
     }
 
     pub(crate) async fn delete_device(&self, caller: &Caller, id: &str) -> Result<(), AdminError> {
-        let mut change = self.change().await?;
-        let done = sqlx::query("DELETE FROM devices WHERE tenant_id = $1 AND id = $2")
-            .bind(&caller.tenant)
-            .bind(id)
-            .execute(change.conn())
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(AdminError::NotFound(format!("device {id}")));
-        }
-        audit::record(
-            change.conn(),
-            &Event::new(
-                &caller.tenant,
-                caller.actor.clone(),
-                "device.delete",
-                "device",
-                id,
-            ),
-        )
-        .await?;
-        change.commit().await
+        self.delete_one(&KIND, caller, id).await
     }
 
     pub(crate) async fn rotate_device_key(
@@ -279,17 +209,7 @@ impl Admin {
         let now = self.now_ms();
         let mut change = self.change().await?;
         let key = rotate_key(change.conn(), &caller.tenant, id, now).await?;
-        audit::record(
-            change.conn(),
-            &Event::new(
-                &caller.tenant,
-                caller.actor.clone(),
-                "device.rotate_key",
-                "device",
-                id,
-            ),
-        )
-        .await?;
+        lifecycle::record(change.conn(), &KIND, caller, "rotate_key", id).await?;
         let mut v = fetch(change.conn(), &caller.tenant, id).await?;
         change.commit().await?;
         v.ingest_key = Some(key);
@@ -304,28 +224,7 @@ impl Admin {
     ) -> Result<DeviceView, AdminError> {
         let now = self.now_ms();
         let mut change = self.change().await?;
-        let done = sqlx::query(
-            "UPDATE devices SET enabled = $1, updated_at = $2 WHERE tenant_id = $3 AND id = $4",
-        )
-        .bind(i64::from(enabled))
-        .bind(now)
-        .bind(&caller.tenant)
-        .bind(id)
-        .execute(change.conn())
-        .await?;
-        if done.rows_affected() == 0 {
-            return Err(AdminError::NotFound(format!("device {id}")));
-        }
-        let action = if enabled {
-            "device.enable"
-        } else {
-            "device.disable"
-        };
-        audit::record(
-            change.conn(),
-            &Event::new(&caller.tenant, caller.actor.clone(), action, "device", id),
-        )
-        .await?;
+        lifecycle::set_enabled(change.conn(), &KIND, caller, id, enabled, now).await?;
         let v = fetch(change.conn(), &caller.tenant, id).await?;
         change.commit().await?;
         Ok(v)

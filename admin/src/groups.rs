@@ -7,9 +7,9 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 use utoipa::ToSchema;
 
-use crate::audit::{self, Event};
-use crate::db::{self, Page};
+use crate::db::Page;
 use crate::error::{conflict_on_unique, AdminError};
+use crate::lifecycle::{self, Kind, Links};
 use crate::tenants::Caller;
 use crate::validate::{self, Name};
 use crate::Admin;
@@ -40,12 +40,27 @@ pub(crate) struct GroupPatch {
     pub(crate) devices: Option<Vec<String>>,
 }
 
-const COLS: &str = "id, name, created_at, updated_at";
-const NAME_TAKEN: &str = "a device group with this name already exists";
+const KIND: Kind = Kind {
+    table: "device_groups",
+    cols: "id, name, created_at, updated_at",
+    noun: "device group",
+    audit: "device_group",
+    name_taken: Some("a device group with this name already exists"),
+};
+
+/// A group's members.
+const MEMBERS: Links = Links {
+    table: "group_members",
+    owner: "group_id",
+    member: "device_id",
+    members: "devices",
+    field: "devices",
+    noun: "device",
+};
 
 async fn view(conn: &mut AnyConnection, tenant: &str, r: &AnyRow) -> Result<GroupView, AdminError> {
     let id: String = r.try_get("id")?;
-    let devices = members(conn, tenant, &id).await?;
+    let devices = lifecycle::linked(conn, &MEMBERS, tenant, &id).await?;
     Ok(GroupView {
         name: r.try_get("name")?,
         devices,
@@ -55,66 +70,9 @@ async fn view(conn: &mut AnyConnection, tenant: &str, r: &AnyRow) -> Result<Grou
     })
 }
 
-async fn members(
-    conn: &mut AnyConnection,
-    tenant: &str,
-    id: &str,
-) -> Result<Vec<String>, AdminError> {
-    let rows = sqlx::query(
-        "SELECT device_id FROM group_members WHERE tenant_id = $1 AND group_id = $2 \
-         ORDER BY device_id",
-    )
-    .bind(tenant)
-    .bind(id)
-    .fetch_all(&mut *conn)
-    .await?;
-    rows.iter()
-        .map(|r| Ok(r.try_get::<String, _>(0)?))
-        .collect()
-}
-
 async fn fetch(conn: &mut AnyConnection, tenant: &str, id: &str) -> Result<GroupView, AdminError> {
-    let row = sqlx::query(&format!(
-        "SELECT {COLS} FROM device_groups WHERE tenant_id = $1 AND id = $2"
-    ))
-    .bind(tenant)
-    .bind(id)
-    .fetch_optional(&mut *conn)
-    .await?
-    .ok_or_else(|| AdminError::NotFound(format!("device group {id}")))?;
+    let row = lifecycle::fetch_row(conn, &KIND, tenant, id).await?;
     view(conn, tenant, &row).await
-}
-
-/// Replaces a group's members after checking they exist in the tenant.
-async fn set_members(
-    conn: &mut AnyConnection,
-    tenant: &str,
-    id: &str,
-    devices: &[String],
-) -> Result<(), AdminError> {
-    let missing = db::missing_ids(conn, "devices", tenant, devices).await?;
-    if !missing.is_empty() {
-        return Err(AdminError::invalid(
-            "devices",
-            format!("unknown device ids: {}", missing.join(", ")),
-        ));
-    }
-    sqlx::query("DELETE FROM group_members WHERE tenant_id = $1 AND group_id = $2")
-        .bind(tenant)
-        .bind(id)
-        .execute(&mut *conn)
-        .await?;
-    for d in devices {
-        sqlx::query(
-            "INSERT INTO group_members (tenant_id, group_id, device_id) VALUES ($1, $2, $3)",
-        )
-        .bind(tenant)
-        .bind(id)
-        .bind(d)
-        .execute(&mut *conn)
-        .await?;
-    }
-    Ok(())
 }
 
 /// Inserts a group with its members; returns its id.
@@ -140,7 +98,7 @@ pub(crate) async fn insert(
     .execute(&mut *conn)
     .await
     .map_err(|e| conflict_on_unique(e, "a device group with this id or name already exists"))?;
-    set_members(conn, tenant, &id, &g.devices).await?;
+    lifecycle::replace_links(conn, &MEMBERS, tenant, &id, &g.devices).await?;
     Ok(id)
 }
 
@@ -153,17 +111,7 @@ impl Admin {
         let now = self.now_ms();
         let mut change = self.change().await?;
         let id = insert(change.conn(), &caller.tenant, &g, now).await?;
-        audit::record(
-            change.conn(),
-            &Event::new(
-                &caller.tenant,
-                caller.actor.clone(),
-                "device_group.create",
-                "device_group",
-                &id,
-            ),
-        )
-        .await?;
+        lifecycle::record(change.conn(), &KIND, caller, "create", &id).await?;
         let v = fetch(change.conn(), &caller.tenant, &id).await?;
         change.commit().await?;
         Ok(v)
@@ -174,11 +122,8 @@ impl Admin {
         tenant: &str,
         page: &Page,
     ) -> Result<(Vec<GroupView>, Option<String>), AdminError> {
-        let (sql, args) = db::page_query(COLS, "device_groups", tenant, page);
         let mut conn = self.inner.pool.acquire().await?;
-        let rows = db::bind_all(sqlx::query(&sql), &args)
-            .fetch_all(&mut *conn)
-            .await?;
+        let rows = lifecycle::page_rows(&mut conn, &KIND, tenant, page).await?;
         let mut keyed = Vec::with_capacity(rows.len());
         for r in &rows {
             keyed.push((
@@ -186,10 +131,7 @@ impl Admin {
                 view(&mut conn, tenant, r).await?,
             ));
         }
-        let next = audit::page_cursor(&mut keyed, page.limit, |(at, v)| {
-            db::encode_cursor(*at, &v.id)
-        });
-        Ok((keyed.into_iter().map(|(_, v)| v).collect(), next))
+        Ok(lifecycle::finish_page(keyed, page.limit, |v| &v.id))
     }
 
     pub(crate) async fn get_group(&self, tenant: &str, id: &str) -> Result<GroupView, AdminError> {
@@ -208,66 +150,20 @@ impl Admin {
         fetch(change.conn(), &caller.tenant, id).await?;
         let mut fields = Vec::new();
         if let Some(n) = &patch.name {
-            sqlx::query(
-                "UPDATE device_groups SET name = $1, name_key = $2 WHERE tenant_id = $3 AND id = $4",
-            )
-            .bind(&n.display)
-            .bind(&n.key)
-            .bind(&caller.tenant)
-            .bind(id)
-            .execute(change.conn())
-            .await
-            .map_err(|e| conflict_on_unique(e, NAME_TAKEN))?;
+            lifecycle::rename(change.conn(), &KIND, &caller.tenant, id, n).await?;
             fields.push("name");
         }
         if let Some(devices) = &patch.devices {
-            set_members(change.conn(), &caller.tenant, id, devices).await?;
+            lifecycle::replace_links(change.conn(), &MEMBERS, &caller.tenant, id, devices).await?;
             fields.push("devices");
         }
-        sqlx::query("UPDATE device_groups SET updated_at = $1 WHERE tenant_id = $2 AND id = $3")
-            .bind(now)
-            .bind(&caller.tenant)
-            .bind(id)
-            .execute(change.conn())
-            .await?;
-        audit::record(
-            change.conn(),
-            &Event::new(
-                &caller.tenant,
-                caller.actor.clone(),
-                "device_group.update",
-                "device_group",
-                id,
-            )
-            .detail(serde_json::json!({ "fields": fields })),
-        )
-        .await?;
+        lifecycle::finish_update(change.conn(), &KIND, caller, id, now, &fields).await?;
         let v = fetch(change.conn(), &caller.tenant, id).await?;
         change.commit().await?;
         Ok(v)
     }
 
     pub(crate) async fn delete_group(&self, caller: &Caller, id: &str) -> Result<(), AdminError> {
-        let mut change = self.change().await?;
-        let done = sqlx::query("DELETE FROM device_groups WHERE tenant_id = $1 AND id = $2")
-            .bind(&caller.tenant)
-            .bind(id)
-            .execute(change.conn())
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(AdminError::NotFound(format!("device group {id}")));
-        }
-        audit::record(
-            change.conn(),
-            &Event::new(
-                &caller.tenant,
-                caller.actor.clone(),
-                "device_group.delete",
-                "device_group",
-                id,
-            ),
-        )
-        .await?;
-        change.commit().await
+        self.delete_one(&KIND, caller, id).await
     }
 }

@@ -33,6 +33,7 @@ mod error;
 mod feed;
 mod groups;
 mod keys;
+mod lifecycle;
 mod limiter;
 mod metrics;
 mod secret;
