@@ -44,18 +44,6 @@ export async function listPage(main, go) {
       h('td', { class: 'row-actions' }, rowMenu(`Actions for ${app.name}`, () => [
         { label: 'View', run: () => go(`#/applications/${enc(app.id)}`) },
         { label: 'Edit', run: () => go(`#/applications/${enc(app.id)}/edit`) },
-        { label: 'Rotate Secret', run: () => rotate(app) },
-        {
-          label: app.status === 'enabled' ? 'Disable' : 'Enable',
-          run: async () => {
-            const verb = app.status === 'enabled' ? 'disable' : 'enable';
-            try {
-              Object.assign(app, await api('POST', `/applications/${enc(app.id)}/${verb}`));
-              paint();
-              toast(`${app.name} ${verb}d.`);
-            } catch (e) { toast(e.message, 'error'); }
-          },
-        },
         {
           label: 'Delete', danger: true,
           run: async () => {
@@ -70,6 +58,18 @@ export async function listPage(main, go) {
               tr.remove();
               empty.hidden = tbody.rows.length > 0;
               toast(`${app.name} deleted.`);
+            } catch (e) { toast(e.message, 'error'); }
+          },
+        },
+        { label: 'Rotate Secret', run: () => rotate(app) },
+        {
+          label: app.status === 'enabled' ? 'Disable' : 'Enable',
+          run: async () => {
+            const verb = app.status === 'enabled' ? 'disable' : 'enable';
+            try {
+              Object.assign(app, await api('POST', `/applications/${enc(app.id)}/${verb}`));
+              paint();
+              toast(`${app.name} ${verb}d.`);
             } catch (e) { toast(e.message, 'error'); }
           },
         },

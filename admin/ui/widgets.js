@@ -103,8 +103,8 @@ export function multiSelect({ name, label, items, selected = [], noun, showIds =
     const matches = q
       ? items.filter((it) => it.name.toLowerCase().includes(q) || it.id.toLowerCase().includes(q))
       : items;
-    mount(list, matches.slice(0, LIMIT).map((it) => {
-      const box = h('input', { type: 'checkbox', value: it.id, checked: chosen.has(it.id),
+    mount(list, matches.slice(0, LIMIT).map((it, i) => {
+      const box = h('input', { type: 'checkbox', value: it.id, checked: chosen.has(it.id), tabindex: i ? '-1' : '0',
         onchange: (e) => toggle(it.id, e.target.checked) });
       return h('li', {}, h('label', {}, box, h('span', {}, it.name),
         showIds && it.name !== it.id ? h('small', {}, it.id) : null));
@@ -116,8 +116,27 @@ export function multiSelect({ name, label, items, selected = [], noun, showIds =
     renderChips();
   }
 
+  // The list is one Tab stop: arrows move within it, Space toggles.
+  const boxes = () => [...list.querySelectorAll('input')];
+  function focusBox(box) {
+    for (const b of boxes()) b.tabIndex = -1;
+    box.tabIndex = 0;
+    box.focus();
+  }
+  list.addEventListener('keydown', (e) => {
+    const all = boxes();
+    const i = all.indexOf(document.activeElement);
+    const to = { ArrowDown: i + 1, ArrowUp: i - 1, Home: 0, End: all.length - 1 }[e.key];
+    if (i < 0 || to === undefined) return;
+    e.preventDefault();
+    if (to < 0) search.focus();
+    else focusBox(all[Math.min(to, all.length - 1)]);
+  });
   search.addEventListener('input', render);
-  search.addEventListener('keydown', (e) => { if (e.key === 'Enter') e.preventDefault(); });
+  search.addEventListener('keydown', (e) => {
+    if (e.key === 'Enter') e.preventDefault();
+    if (e.key === 'ArrowDown' && boxes().length) { e.preventDefault(); focusBox(boxes()[0]); }
+  });
   const box = h('fieldset', { class: 'picker', 'data-name': name },
     h('legend', {}, label), chips, h('div', { class: 'picker-bar' }, search, count, clear), list, more);
   render();

@@ -295,7 +295,15 @@ async function main() {
     const search = page.getByRole('searchbox', { name: 'Search Devices' });
     await search.fill('sensor-01');
     await until('10 matches', async () => (await page.getByRole('checkbox').count()) === 10);
-    await page.getByRole('checkbox', { name: /Sensor 011/ }).check();
+    // Keyboard: ArrowDown from the search into the list, Space toggles, and
+    // the list is a single Tab stop.
+    await search.focus();
+    await page.keyboard.press('ArrowDown');
+    await page.keyboard.press('ArrowDown');
+    await page.keyboard.press('Space');
+    assert(await page.getByRole('checkbox', { name: /Sensor 011/ }).isChecked(), 'Space checks the focused device');
+    await page.keyboard.press('Tab');
+    assert(await page.evaluate(() => !document.activeElement.closest('.options')), 'Tab leaves the list');
     await page.getByRole('checkbox', { name: /Sensor 012/ }).check();
     await shot('03-group-create');
     await page.getByRole('button', { name: 'Save' }).click();
