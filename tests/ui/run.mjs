@@ -5,8 +5,9 @@
 //   cargo build && (cd tests/ui && npm ci && node run.mjs)
 //
 // Env: SENSEGATE_BIN (default target/debug/sensegate), CHROMIUM (default
-// /usr/bin/chromium), HEADED=1 to watch. Screenshots go to tests/ui/artifacts/;
-// the list and create screens are also copied to docs/screenshots/.
+// /usr/bin/chromium), HEADED=1 to watch, VERBOSE=1 for the server's log.
+// Screenshots go to tests/ui/artifacts/; with UPDATE_SCREENSHOTS=1 the list
+// and create screens also replace the README's in docs/screenshots/.
 import { chromium } from 'playwright-core';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -22,6 +23,7 @@ const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const ART = path.join(HERE, 'artifacts');
 const DOCS = path.join(ROOT, 'docs/screenshots');
 const KEY = `ui-test-${randomBytes(16).toString('hex')}`;
+let kioskExpiry;
 const DEADLINE_MS = 170_000;
 
 const results = [];
@@ -73,7 +75,7 @@ let page;
 async function shot(name, { docs, fullPage = false } = {}) {
   const file = path.join(ART, `${name}.png`);
   await page.screenshot({ path: file, fullPage });
-  if (docs) copyFileSync(file, path.join(DOCS, docs));
+  if (docs && process.env.UPDATE_SCREENSHOTS) copyFileSync(file, path.join(DOCS, docs));
 }
 
 async function finish(code) {
@@ -219,6 +221,10 @@ async function main() {
       return adminApi('POST', '/devices', { id: `sensor-${n}`, name: `Sensor ${n}` });
     }));
   }
+
+  // One that expires while the test runs (the API only takes future dates).
+  kioskExpiry = Date.now() + 3000;
+  await adminApi('POST', '/applications', { name: 'Old kiosk', expiresAt: new Date(kioskExpiry).toISOString() });
 
   context = await chromium.launchPersistentContext(path.join(tmp, 'profile'), {
     executablePath: CHROMIUM,
@@ -383,6 +389,7 @@ async function main() {
     const old = await adminApi('POST', '/applications', { name: 'Legacy SCADA bridge', expiresAt: new Date(Date.now() + 400 * 86400e3).toISOString(), devices: ['press-1'] });
     await adminApi('POST', `/applications/${old.body.id}/disable`);
     assert(soon.status === 201 && old.status === 201, 'setup');
+    await until('Old kiosk expired', async () => Date.now() > kioskExpiry + 200);
     await page.reload();
     await row(APP).waitFor();
     const cells = await row(APP).locator('td').allInnerTexts();
@@ -392,6 +399,7 @@ async function main() {
     assert(cells[2].trim() === 'Enabled', `status: ${cells[2]}`);
     assert(/Expires in 5 days/.test(await statusOf('Billing export')), 'near expiry is shown');
     assert((await statusOf('Legacy SCADA bridge')) === 'Disabled', 'disabled status');
+    assert(/^Enabled\s*Expired /.test(await statusOf('Old kiosk')), `past expiry is shown: ${await statusOf('Old kiosk')}`);
     const headers = await page.locator('thead th').allInnerTexts();
     assert(headers.slice(0, 3).join('|') === 'EXTERNAL APPLICATION NAME|CREATED AT|STATUS', `headers: ${headers}`);
     await shot('07-list', { docs: 'applications-list.png' });
