@@ -37,14 +37,16 @@ function render() {
 }
 
 async function renderNow() {
-  document.querySelectorAll('dialog[open]').forEach((d) => d.remove());
-  if (typeof leave === 'function') leave();
-  leave = null;
+  leavePage();
   if (!session.key) return signIn();
   top.hidden = false;
-  const hash = location.hash || '#/applications';
-  const route = ROUTES.find(([re]) => re.test(hash));
-  if (!route) return go('#/applications');
+  let hash = location.hash;
+  let route = ROUTES.find(([re]) => re.test(hash));
+  if (!route) {
+    hash = '#/applications';
+    history.replaceState(null, '', hash);
+    route = ROUTES.find(([re]) => re.test(hash));
+  }
   const [re, pageFn, title, section] = route;
   const arg = hash.match(re)[1];
   for (const a of top.querySelectorAll('nav a')) {
@@ -67,10 +69,18 @@ async function renderNow() {
   main.querySelector('h1')?.focus();
 }
 
+/** Runs the current page's clean-up (closes a live preview) and open dialogs. */
+function leavePage() {
+  document.querySelectorAll('dialog[open]').forEach((d) => d.remove());
+  if (typeof leave === 'function') leave();
+  leave = null;
+}
+
 function signIn(message) {
+  leavePage();
   top.hidden = true;
   document.title = 'Sign in · SenseGate';
-  const key = h('input', { type: 'password', autocomplete: 'current-password', required: true, spellcheck: 'false' });
+  const key = h('input', { type: 'password', autocomplete: 'off', required: true, spellcheck: 'false' });
   const button = h('button', { type: 'submit', class: 'btn primary wide' }, 'Sign in');
   const form = h('form', { class: 'form card signin', novalidate: true, 'aria-labelledby': 'signin-title' },
     h('h1', { id: 'signin-title', tabindex: '-1' }, 'SenseGate admin'),

@@ -403,6 +403,10 @@ async function main() {
     const headers = await page.locator('thead th').allInnerTexts();
     assert(headers.slice(0, 3).join('|') === 'EXTERNAL APPLICATION NAME|CREATED AT|STATUS', `headers: ${headers}`);
     await shot('07-list', { docs: 'applications-list.png' });
+    // An unknown address lands on the list.
+    await page.goto(`${BASE}/admin/#/no/such/page`);
+    await until('redirect to the list', () => page.evaluate(() => location.hash === '#/applications'));
+    await row(APP).waitFor();
   });
 
   await check('view: read-only details', async () => {
