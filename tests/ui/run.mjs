@@ -439,8 +439,20 @@ async function main() {
     assert(rows[0].includes('anomaly') && rows[0].includes('press-1') && rows[0].includes('99.1'), `anomaly: ${rows[0]}`);
     assert(rows[1].includes('telemetry') && rows[1].includes('71.5'), `telemetry: ${rows[1]}`);
     await shot('08b-live-preview', { fullPage: true });
+    const closed = () => page.waitForEvent('requestfailed', (r) => r.url().includes('/v1/stream/telemetry'));
+    let aborted = closed();
     await page.getByRole('button', { name: 'Stop' }).click();
     await page.getByText('Stopped.').waitFor();
+    await aborted;
+    // Leaving the page closes the stream too.
+    await secret.fill(creds.clientSecret);
+    await page.getByRole('button', { name: 'Start preview' }).click();
+    await page.getByText('Connected: waiting for events').waitFor();
+    aborted = closed();
+    await page.getByRole('link', { name: 'Back to list' }).click();
+    await aborted;
+    await page.goBack();
+    await page.getByRole('heading', { name: APP }).waitFor();
   });
 
   await check('edit: name, include anomalies, devices; Update', async () => {
