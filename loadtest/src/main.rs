@@ -356,7 +356,13 @@ async fn run(cmd: Cmd) -> Result<()> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    run(Cli::parse().cmd).await
+    let cli = Cli::parse();
+    // Thousands of subscribers need thousands of descriptors: raise this
+    // process's soft limit (and so a spawned server's) to the hard limit.
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        eprintln!("could not raise the open-file limit: {e}");
+    }
+    run(cli.cmd).await
 }
 
 #[cfg(test)]
