@@ -1,7 +1,7 @@
 // External applications: list, create, view, edit, and the credentials dialog.
-import { api, all, page, enc, ApiError } from './api.js';
+import { api, all, enc, ApiError } from './api.js';
 import { h, mount, localDateTime, localDate, isoDay, toast, modal, confirmDialog } from './dom.js';
-import { field, showErrors, multiSelect, rowMenu, icon } from './widgets.js';
+import { field, showErrors, multiSelect, rowMenu, icon, pagedTable } from './widgets.js';
 import { livePreview } from './preview.js';
 
 const NEAR_DAYS = 14;
@@ -27,85 +27,63 @@ const statusBadge = (status) =>
 // --- list ---
 
 export async function listPage(main, go) {
-  const tbody = h('tbody');
-  const more = h('button', { type: 'button', class: 'btn', hidden: true }, 'Load more');
-  const empty = h('p', { class: 'empty', hidden: true }, 'No external applications yet. Create one to hand a Client ID and Client Secret to an integration.');
-  const filter = h('input', { type: 'search', placeholder: 'Filter by name', 'aria-label': 'Filter applications by name' });
-  let cursor = null;
-
-  function row(app) {
-    const status = h('td', { class: 'status' });
-    const paint = () => mount(status, statusBadge(app.status), expiryBadge(app));
-    paint();
-    const tr = h('tr', { 'data-id': app.id },
-      h('td', {}, h('a', { href: `#/applications/${enc(app.id)}` }, app.name)),
-      h('td', {}, h('time', { datetime: app.createdAt }, localDateTime(app.createdAt))),
-      status,
-      h('td', { class: 'row-actions' }, rowMenu(`Actions for ${app.name}`, () => [
-        { label: 'View', run: () => go(`#/applications/${enc(app.id)}`) },
-        { label: 'Edit', run: () => go(`#/applications/${enc(app.id)}/edit`) },
-        {
-          label: 'Delete', danger: true,
-          run: async () => {
-            const ok = await confirmDialog({
-              title: `Delete ${app.name}?`,
-              body: 'The application and its credentials are deleted, its access tokens stop working and its open streams close. This cannot be undone.',
-              action: 'Delete', danger: true,
-            });
-            if (!ok) return;
-            try {
-              await api('DELETE', `/applications/${enc(app.id)}`);
-              tr.remove();
-              empty.hidden = tbody.rows.length > 0;
-              toast(`${app.name} deleted.`);
-            } catch (e) { toast(e.message, 'error'); }
-          },
-        },
-        { label: 'Rotate Secret', run: () => rotate(app) },
-        {
-          label: app.status === 'enabled' ? 'Disable' : 'Enable',
-          run: async () => {
-            const verb = app.status === 'enabled' ? 'disable' : 'enable';
-            try {
-              Object.assign(app, await api('POST', `/applications/${enc(app.id)}/${verb}`));
-              paint();
-              toast(`${app.name} ${verb}d.`);
-            } catch (e) { toast(e.message, 'error'); }
-          },
-        },
-      ])));
-    return tr;
-  }
-
-  async function load(reset) {
-    if (reset) { cursor = null; tbody.replaceChildren(); }
-    const p = await page('/applications', { cursor, name: filter.value.trim() });
-    tbody.append(...p.items.map(row));
-    cursor = p.nextCursor;
-    more.hidden = !cursor;
-    empty.hidden = tbody.rows.length > 0;
-  }
-  more.addEventListener('click', () => load(false).catch((e) => toast(e.message, 'error')));
-  let timer;
-  filter.addEventListener('input', () => {
-    clearTimeout(timer);
-    timer = setTimeout(() => load(true).catch((e) => toast(e.message, 'error')), 250);
+  const table = pagedTable({
+    path: '/applications', label: 'External applications',
+    columns: ['External Application Name', 'Created At', 'Status'],
+    emptyText: 'No external applications yet. Create one to hand a Client ID and Client Secret to an integration.',
+    row: (app, refresh) => appRow(app, refresh, go),
   });
-
-  await load(true);
+  await table.load();
   mount(main,
     h('div', { class: 'page-head' },
       h('h1', { tabindex: '-1' }, 'External Applications'),
       h('a', { class: 'btn primary', href: '#/applications/new' }, 'Create New External Application')),
-    h('div', { class: 'toolbar' }, filter),
-    h('div', { class: 'card' }, h('table', { class: 'grid', 'aria-label': 'External applications' },
-      h('thead', {}, h('tr', {},
-        h('th', { scope: 'col' }, 'External Application Name'),
-        h('th', { scope: 'col' }, 'Created At'),
-        h('th', { scope: 'col' }, 'Status'),
-        h('th', { scope: 'col', class: 'row-actions' }, h('span', { class: 'sr-only' }, 'Actions')))),
-      tbody), empty),
-    h('div', { class: 'pager' }, more));
+    table.el);
+}
+
+/** One row of the list, with its ⋮ menu. */
+function appRow(app, refresh, go) {
+  const status = h('td', { class: 'status' });
+  const paint = () => mount(status, statusBadge(app.status), expiryBadge(app));
+  paint();
+  const tr = h('tr', { 'data-id': app.id },
+    h('td', {}, h('a', { href: `#/applications/${enc(app.id)}` }, app.name)),
+    h('td', {}, h('time', { datetime: app.createdAt }, localDateTime(app.createdAt))),
+    status,
+    h('td', { class: 'row-actions' }, rowMenu(`Actions for ${app.name}`, () => [
+      { label: 'View', run: () => go(`#/applications/${enc(app.id)}`) },
+      { label: 'Edit', run: () => go(`#/applications/${enc(app.id)}/edit`) },
+      {
+        label: 'Delete', danger: true,
+        run: async () => {
+          const ok = await confirmDialog({
+            title: `Delete ${app.name}?`,
+            body: 'The application and its credentials are deleted, its access tokens stop working and its open streams close. This cannot be undone.',
+            action: 'Delete', danger: true,
+          });
+          if (!ok) return;
+          try {
+            await api('DELETE', `/applications/${enc(app.id)}`);
+            tr.remove();
+            refresh();
+            toast(`${app.name} deleted.`);
+          } catch (e) { toast(e.message, 'error'); }
+        },
+      },
+      { label: 'Rotate Secret', run: () => rotate(app) },
+      {
+        label: app.status === 'enabled' ? 'Disable' : 'Enable',
+        run: async () => {
+          const verb = app.status === 'enabled' ? 'disable' : 'enable';
+          try {
+            Object.assign(app, await api('POST', `/applications/${enc(app.id)}/${verb}`));
+            paint();
+            toast(`${app.name} ${verb}d.`);
+          } catch (e) { toast(e.message, 'error'); }
+        },
+      },
+    ])));
+  return tr;
 }
 
 async function rotate(app) {

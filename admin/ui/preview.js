@@ -2,7 +2,7 @@
 // operator enters the application's Client Secret; the page swaps it for a
 // short-lived token at /connect/token (as the integration would) and reads
 // /v1/stream/telemetry with it. Nothing is stored; leaving the page stops it.
-import { h, mount } from './dom.js';
+import { h } from './dom.js';
 import { field, showErrors } from './widgets.js';
 
 const KEEP = 20;

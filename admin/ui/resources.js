@@ -1,39 +1,8 @@
 // Devices and device groups: simple pages so the whole flow works from the browser.
-import { api, all, page, enc } from './api.js';
+import { api, all, enc } from './api.js';
 import { h, mount, localDateTime, toast, confirmDialog } from './dom.js';
-import { field, showErrors, multiSelect, rowMenu } from './widgets.js';
+import { field, showErrors, multiSelect, rowMenu, pagedTable } from './widgets.js';
 import { apiErrorToForm, ingestKeyDialog } from './apps.js';
-
-/** A paged table with a name filter and "Load more". */
-function pagedTable({ path, label, columns, row, emptyText }) {
-  const tbody = h('tbody');
-  const more = h('button', { type: 'button', class: 'btn', hidden: true }, 'Load more');
-  const empty = h('p', { class: 'empty', hidden: true }, emptyText);
-  const filter = h('input', { type: 'search', placeholder: 'Filter by name', 'aria-label': `Filter ${label} by name` });
-  let cursor = null;
-  const refreshEmpty = () => { empty.hidden = tbody.rows.length > 0; };
-  async function load(reset) {
-    if (reset) { cursor = null; tbody.replaceChildren(); }
-    const p = await page(path, { cursor, name: filter.value.trim() });
-    tbody.append(...p.items.map((it) => row(it, refreshEmpty)));
-    cursor = p.nextCursor;
-    more.hidden = !cursor;
-    refreshEmpty();
-  }
-  const fail = (e) => toast(e.message, 'error');
-  more.addEventListener('click', () => load(false).catch(fail));
-  let timer;
-  filter.addEventListener('input', () => { clearTimeout(timer); timer = setTimeout(() => load(true).catch(fail), 250); });
-  const el = [
-    h('div', { class: 'toolbar' }, filter),
-    h('div', { class: 'card' }, h('table', { class: 'grid', 'aria-label': label },
-      h('thead', {}, h('tr', {}, columns.map((c) => h('th', { scope: 'col' }, c)),
-        h('th', { scope: 'col', class: 'row-actions' }, h('span', { class: 'sr-only' }, 'Actions')))),
-      tbody), empty),
-    h('div', { class: 'pager' }, more),
-  ];
-  return { el, load: () => load(true) };
-}
 
 async function removeRow(tr, what, name, path, refresh, body) {
   const ok = await confirmDialog({ title: `Delete ${name}?`, body, action: 'Delete', danger: true });

@@ -1,6 +1,7 @@
 // Form fields with error slots, the searchable multi-select, the row menu,
 // icons.
-import { h, mount } from './dom.js';
+import { h, mount, toast } from './dom.js';
+import { page } from './api.js';
 
 let uid = 0;
 const nextId = (p) => `${p}-${++uid}`;
@@ -200,4 +201,35 @@ export function rowMenu(label, items) {
     }
   });
   return wrap;
+}
+
+/** A paged table with a name filter and "Load more". */
+export function pagedTable({ path, label, columns, row, emptyText }) {
+  const tbody = h('tbody');
+  const more = h('button', { type: 'button', class: 'btn', hidden: true }, 'Load more');
+  const empty = h('p', { class: 'empty', hidden: true }, emptyText);
+  const filter = h('input', { type: 'search', placeholder: 'Filter by name', 'aria-label': `Filter ${label} by name` });
+  let cursor = null;
+  const refreshEmpty = () => { empty.hidden = tbody.rows.length > 0; };
+  async function load(reset) {
+    if (reset) { cursor = null; tbody.replaceChildren(); }
+    const p = await page(path, { cursor, name: filter.value.trim() });
+    tbody.append(...p.items.map((it) => row(it, refreshEmpty)));
+    cursor = p.nextCursor;
+    more.hidden = !cursor;
+    refreshEmpty();
+  }
+  const fail = (e) => toast(e.message, 'error');
+  more.addEventListener('click', () => load(false).catch(fail));
+  let timer;
+  filter.addEventListener('input', () => { clearTimeout(timer); timer = setTimeout(() => load(true).catch(fail), 250); });
+  const el = [
+    h('div', { class: 'toolbar' }, filter),
+    h('div', { class: 'card' }, h('table', { class: 'grid', 'aria-label': label },
+      h('thead', {}, h('tr', {}, columns.map((c) => h('th', { scope: 'col' }, c)),
+        h('th', { scope: 'col', class: 'row-actions' }, h('span', { class: 'sr-only' }, 'Actions')))),
+      tbody), empty),
+    h('div', { class: 'pager' }, more),
+  ];
+  return { el, load: () => load(true) };
 }
