@@ -65,7 +65,7 @@ export function showErrors(form, errors) {
  */
 export function multiSelect({ name, label, items, selected = [], noun, showIds = true }) {
   const LIMIT = 100;
-  const CHIPS = 40;
+  const CHIPS = 12;
   const collator = new Intl.Collator(undefined, { numeric: true, sensitivity: 'base' });
   items = [...items].sort((a, b) => collator.compare(a.name, b.name));
   const byId = new Map(items.map((it) => [it.id, it]));
@@ -80,6 +80,10 @@ export function multiSelect({ name, label, items, selected = [], noun, showIds =
   const list = h('ul', { class: 'options', id: listId, 'aria-label': label });
   const more = h('p', { class: 'hint' });
   const clear = h('button', { type: 'button', class: 'btn link', onclick: () => { chosen.clear(); render(); } }, 'Clear');
+  const onlyChosen = h('input', { type: 'checkbox', onchange: () => render() });
+  const addAll = h('button', { type: 'button', class: 'btn link' });
+  let matches = items;
+  addAll.addEventListener('click', () => { for (const it of matches) chosen.add(it.id); render(); });
   const labelOf = (id) => byId.get(id)?.name ?? id;
 
   function toggle(id, on) {
@@ -94,16 +98,20 @@ export function multiSelect({ name, label, items, selected = [], noun, showIds =
         type: 'button', 'aria-label': `Remove ${labelOf(id)}`, title: 'Remove',
         onclick: () => { chosen.delete(id); render(); },
       }, '×'))),
-    ids.length > CHIPS ? h('span', { class: 'chip more' }, `+${ids.length - CHIPS} more`) : null);
+    ids.length > CHIPS ? h('button', {
+      type: 'button', class: 'chip more', title: 'List the selected ones',
+      onclick: () => { onlyChosen.checked = true; render(); },
+    }, `+${ids.length - CHIPS} more`) : null);
     count.textContent = `${ids.length} of ${items.length} selected`;
     clear.hidden = ids.length === 0;
   }
 
   function render() {
     const q = search.value.trim().toLowerCase();
-    const matches = q
-      ? items.filter((it) => it.name.toLowerCase().includes(q) || it.id.toLowerCase().includes(q))
-      : items;
+    matches = items.filter((it) => (!q || it.name.toLowerCase().includes(q) || it.id.toLowerCase().includes(q))
+      && (!onlyChosen.checked || chosen.has(it.id)));
+    addAll.textContent = `Select all ${matches.length} matches`;
+    addAll.hidden = !q || matches.length < 2 || matches.every((it) => chosen.has(it.id));
     mount(list, matches.slice(0, LIMIT).map((it, i) => {
       const box = h('input', { type: 'checkbox', value: it.id, checked: chosen.has(it.id), tabindex: i ? '-1' : '0',
         onchange: (e) => toggle(it.id, e.target.checked) });
@@ -139,7 +147,8 @@ export function multiSelect({ name, label, items, selected = [], noun, showIds =
     if (e.key === 'ArrowDown' && boxes().length) { e.preventDefault(); focusBox(boxes()[0]); }
   });
   const box = h('fieldset', { class: 'picker', 'data-name': name },
-    h('legend', {}, label), chips, h('div', { class: 'picker-bar' }, search, count, clear), list, more);
+    h('legend', {}, label), chips, h('div', { class: 'picker-bar' }, search, count, clear),
+    h('div', { class: 'picker-tools' }, h('label', {}, onlyChosen, 'Selected only'), addAll), list, more);
   render();
   return { el: box, value: () => [...chosen] };
 }
