@@ -308,6 +308,24 @@ impl Report {
             ],
             false,
         );
+        let cpu = svg_chart(
+            "CPU",
+            "seconds",
+            "% of one core",
+            &[
+                Series {
+                    name: "broker".into(),
+                    color: "#17becf",
+                    points: pts(&|t| t.server_cpu_pct.unwrap_or(0.0)),
+                },
+                Series {
+                    name: "load tester".into(),
+                    color: "#bcbd22",
+                    points: pts(&|t| t.client_cpu_pct.unwrap_or(0.0)),
+                },
+            ],
+            false,
+        );
         let mut table = String::from("<table>");
         for (k, v) in self.rows() {
             let _ = write!(table, "<tr><th>{}</th><td>{}</td></tr>", esc(&k), esc(&v));
@@ -318,7 +336,7 @@ impl Report {
              <style>body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse}}\
              th{{text-align:left;padding:2px 12px 2px 0;font-weight:600}}td{{font-family:monospace}}\
              svg{{margin:1em 0;background:#fafafa;border:1px solid #ddd}}</style></head><body>\
-             <h1>{title}</h1>{table}{throughput}{latency}{drops}</body></html>\n",
+             <h1>{title}</h1>{table}{throughput}{latency}{drops}{cpu}</body></html>\n",
             title = esc(&format!("{} → {}", self.scenario, self.target)),
         )
     }
@@ -681,11 +699,19 @@ mod tests {
         let back: Report = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         assert_eq!(back, r);
         let html = r.html();
-        assert!(
-            html.contains("<svg")
-                && html.contains("Throughput over time")
-                && html.contains("Drops")
+        assert_eq!(
+            html.matches("<svg").count(),
+            3,
+            "no latency chart without samples"
         );
+        assert!(
+            html.contains("Throughput over time") && html.contains("Drops") && html.contains("CPU")
+        );
+        let mut with_latency = r.clone();
+        let mut h = crate::stats::new_histogram();
+        crate::stats::record(&mut h, 250_000);
+        with_latency.latency = Latency::from_histogram(&h);
+        assert_eq!(with_latency.html().matches("<svg").count(), 4);
         assert!(
             !html.contains("<script src") && !html.contains("<link"),
             "no external assets"
