@@ -74,6 +74,8 @@ async function until(what, fn, ms = 8000) {
 let page;
 async function shot(name, { docs, fullPage = false } = {}) {
   const file = path.join(ART, `${name}.png`);
+  // The README's pictures without a passing toast.
+  if (docs) await page.evaluate(() => document.getElementById('toast').replaceChildren());
   await page.screenshot({ path: file, fullPage });
   if (docs && process.env.UPDATE_SCREENSHOTS) copyFileSync(file, path.join(DOCS, docs));
 }
