@@ -330,3 +330,139 @@ async fn subscribe(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tally::{stamp, STAMP_BASE};
+    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+
+    /// A one-connection fake broker: reads until `until` has been seen,
+    /// writes `greeting` first (before reading) and `reply` after, then
+    /// holds the connection open until the test ends.
+    fn fake_broker(
+        greeting: Vec<u8>,
+        until: &'static [u8],
+        reply: Vec<u8>,
+    ) -> (SocketAddr, std::thread::JoinHandle<Vec<u8>>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handle = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.write_all(&greeting).unwrap();
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            while memchr::memmem::find(&seen, until).is_none() {
+                let n = s.read(&mut buf).unwrap();
+                assert!(n > 0, "client hung up: {}", String::from_utf8_lossy(&seen));
+                seen.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(&reply).unwrap();
+            // Wait for the client to close.
+            let _ = BufReader::new(s).lines().count();
+            seen
+        });
+        (addr, handle)
+    }
+
+    fn run_one(spec: SubSpec, expect: u64) -> (Arc<Shared>, Histogram<u64>) {
+        let shared = Arc::new(Shared::new(Arc::new(Counters::default())));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let cfg = ReaderConfig {
+            read_buffer: 4096,
+            sample_every: 1,
+            connect_parallel: 4,
+        };
+        let readers = spawn_readers(vec![spec], 1, cfg, &shared, &stop_rx).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while shared.counters.delivered.load(Relaxed) < expect
+            && shared.finished.load(Relaxed) == 0
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        stop_tx.send(true).unwrap();
+        let mut hist = new_histogram();
+        for r in readers {
+            hist.add(r.join().unwrap()).unwrap();
+        }
+        (shared, hist)
+    }
+
+    #[test]
+    fn sse_subscriber_counts_and_samples() {
+        let event = |id: u64| {
+            let record = format!(
+                "id: {id}\nevent: telemetry\ndata: {{\"readings\":{{\"sent_ns\":{}.0}}}}\n\n",
+                stamp()
+            );
+            format!("{:x}\r\n{record}\r\n", record.len())
+        };
+        let body: String =
+            (1..=3).map(event).collect::<String>() + &format!("{:x}\r\n: keep-alive\n\n\r\n", 14);
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+        let (addr, broker) = fake_broker(
+            Vec::new(),
+            b"\r\n\r\n",
+            format!("{head}{body}").into_bytes(),
+        );
+        let (shared, hist) = run_one(
+            SubSpec::Sse {
+                addr,
+                token: "tok".into(),
+            },
+            3,
+        );
+        assert_eq!(shared.counters.delivered.load(Relaxed), 3);
+        assert_eq!(shared.ready.load(Relaxed), 1);
+        assert_eq!(hist.len(), 3, "every event sampled");
+        assert!(hist.max() < 10_000_000_000, "latency is sane");
+        let request = String::from_utf8(broker.join().unwrap()).unwrap();
+        assert!(
+            request.starts_with("GET /v1/stream/telemetry HTTP/1.1\r\n"),
+            "{request}"
+        );
+        assert!(request.contains("Authorization: Bearer tok\r\n"));
+        assert!(shared.errors.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn nats_subscriber_waits_for_its_pong() {
+        let payload = format!("{{\"sent_ns\":{}}}", STAMP_BASE + crate::tally::now_ns());
+        let msgs = format!(
+            "PONG\r\nMSG lt.d 1 {}\r\n{payload}\r\nPING\r\n",
+            payload.len()
+        );
+        let (addr, broker) = fake_broker(b"INFO {}\r\n".to_vec(), b"PING\r\n", msgs.into_bytes());
+        let spec = SubSpec::Nats {
+            addr,
+            name: "t".into(),
+            subjects: vec!["lt.d".into()],
+        };
+        let (shared, hist) = run_one(spec, 1);
+        assert_eq!((shared.ready.load(Relaxed), hist.len()), (1, 1));
+        let seen = String::from_utf8(broker.join().unwrap()).unwrap();
+        assert!(seen.contains("SUB lt.d 1\r\n"), "{seen}");
+    }
+
+    #[test]
+    fn refused_streams_are_reported() {
+        let (addr, broker) = fake_broker(
+            Vec::new(),
+            b"\r\n\r\n",
+            b"HTTP/1.1 429 Too Many Requests\r\ncontent-length: 2\r\n\r\n{}".to_vec(),
+        );
+        let (shared, _) = run_one(
+            SubSpec::Sse {
+                addr,
+                token: "t".into(),
+            },
+            1,
+        );
+        assert_eq!(shared.ready.load(Relaxed), 0);
+        assert_eq!(shared.finished.load(Relaxed), 1);
+        let errors = shared.errors.lock().unwrap().clone();
+        assert!(errors[0].contains("429"), "{errors:?}");
+        broker.join().unwrap();
+    }
+}
