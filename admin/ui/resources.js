@@ -1,6 +1,6 @@
 // Devices and device groups: simple pages so the whole flow works from the browser.
 import { api, all, enc } from './api.js';
-import { h, mount, localDateTime, toast, confirmDialog } from './dom.js';
+import { h, mount, localDateTime, toast, modal, confirmDialog } from './dom.js';
 import { field, showErrors, multiSelect, rowMenu, pagedTable } from './widgets.js';
 import { apiErrorToForm, ingestKeyDialog } from './apps.js';
 
@@ -25,10 +25,18 @@ export async function devicesPage(main) {
       const status = h('td');
       const paint = () => mount(status, h('span', { class: `badge ${d.enabled ? 'enabled' : 'disabled'}` }, d.enabled ? 'Enabled' : 'Disabled'));
       paint();
+      const nameCell = h('td', {}, d.name);
       const tr = h('tr', { 'data-id': d.id },
-        h('td', {}, h('code', {}, d.id)), h('td', {}, d.name), status,
+        h('td', {}, h('code', {}, d.id)), nameCell, status,
         h('td', {}, localDateTime(d.createdAt)),
         h('td', { class: 'row-actions' }, rowMenu(`Actions for ${d.name}`, () => [
+          {
+            label: 'Rename',
+            run: async () => {
+              const saved = await renameDialog(d);
+              if (saved) { Object.assign(d, saved); nameCell.textContent = d.name; toast(`Device ${d.id} renamed.`); }
+            },
+          },
           {
             label: d.enabled ? 'Disable' : 'Enable',
             run: async () => {
@@ -87,6 +95,27 @@ export async function devicesPage(main) {
 
   await table.load();
   mount(main, h('div', { class: 'page-head' }, h('h1', { tabindex: '-1' }, 'Devices')), form, table.el);
+}
+
+/** Asks for a device's new name; resolves with the saved device, or undefined. */
+function renameDialog(device) {
+  return modal((close) => {
+    const name = h('input', { type: 'text', required: true, maxlength: '100', autocomplete: 'off', value: device.name });
+    const banner = h('p', { class: 'banner error', role: 'alert', hidden: true });
+    const form = h('form', { novalidate: true },
+      h('h2', {}, `Rename ${device.id}`), banner, field('name', 'Name', name),
+      h('div', { class: 'actions' },
+        h('button', { type: 'button', class: 'btn', onclick: () => close() }, 'Cancel'),
+        h('button', { type: 'submit', class: 'btn primary' }, 'Save')));
+    form.addEventListener('submit', async (e) => {
+      e.preventDefault();
+      if (!showErrors(form, name.value.trim() ? {} : { name: 'Enter a name.' })) return;
+      try {
+        close(await api('PATCH', `/devices/${enc(device.id)}`, { name: name.value }));
+      } catch (err) { apiErrorToForm(form, banner, err, 'name'); }
+    });
+    return form;
+  }, { label: `Rename ${device.id}` });
 }
 
 // --- device groups ---

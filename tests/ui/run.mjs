@@ -291,6 +291,12 @@ async function main() {
       await dlg.waitFor({ state: 'detached' });
     }
     await page.locator('tbody tr', { hasText: 'press-2' }).waitFor();
+    await page.locator('tbody tr', { hasText: 'press-2' }).getByRole('button', { name: 'Actions for Press 2' }).click();
+    await page.getByRole('menuitem', { name: 'Rename' }).click();
+    await page.getByRole('dialog').getByLabel('Name').fill('Press 2 (east)');
+    await page.getByRole('dialog').getByRole('button', { name: 'Save' }).click();
+    await page.locator('tbody tr', { hasText: 'Press 2 (east)' }).waitFor();
+    assert((await adminApi('GET', '/devices/press-2')).body.name === 'Press 2 (east)', 'renamed');
     await shot('02-devices');
     const d = await adminApi('GET', '/devices/press-1');
     assert(d.status === 200 && d.body.name === 'Press 1', 'device created');
@@ -333,7 +339,7 @@ async function main() {
     const devices = page.getByRole('group', { name: 'Devices' });
     await devices.getByRole('searchbox').fill('press');
     await devices.getByRole('checkbox', { name: /Press 1/ }).check();
-    await devices.getByRole('checkbox', { name: /Press 2/ }).check();
+    await devices.getByRole('checkbox', { name: /Press 2 \(east\)/ }).check();
     await devices.getByRole('searchbox').fill('');
     const hint = await devices.locator('.hint').innerText();
     assert(hint.includes('Showing 100 of 242'), `the picker caps a long list: ${hint}`);
@@ -423,7 +429,7 @@ async function main() {
     await rowAction(APP, 'View');
     await page.getByRole('heading', { name: APP }).waitFor();
     const text = await page.locator('dl.details').innerText();
-    for (const s of ['Include Anomalies\nYes', 'Press 1', 'Press 2', 'Line A', 'Enabled', creds.clientId]) {
+    for (const s of ['Include Anomalies\nYes', 'Press 1', 'Press 2 (east)', 'Line A', 'Enabled', creds.clientId]) {
       assert(text.includes(s), `details show ${s}: ${text}`);
     }
     assert(await page.locator('dl.details input').count() === 0, 'nothing editable');
@@ -469,7 +475,7 @@ async function main() {
     await page.getByRole('link', { name: 'Edit' }).click();
     await page.getByLabel('Application Name').fill(`${APP} v2`);
     await page.getByRole('switch', { name: 'Include Anomalies' }).uncheck();
-    await page.getByRole('button', { name: 'Remove Press 2' }).click();
+    await page.getByRole('button', { name: 'Remove Press 2 (east)' }).click();
     await shot('09-edit');
     await page.getByRole('button', { name: 'Update' }).click();
     await page.getByRole('heading', { name: `${APP} v2` }).waitFor();
@@ -556,6 +562,17 @@ async function main() {
     await row('Billing export').waitFor();
     assert(await row(NAME).count() === 0, 'gone after reload too');
     assert(await tokenRefused(creds.clientId, creds.clientSecret), 'deleted: token refused');
+  });
+
+  await check('names are text, never markup', async () => {
+    const name = '<img src=x onerror=window.pwned=1> & <b>co</b>';
+    await adminApi('POST', '/applications', { name, expiresAt: new Date(Date.now() + 30 * 86400e3).toISOString() });
+    await page.reload();
+    await row(name).waitFor();
+    assert(await row(name).locator('img, b').count() === 0 && !(await page.evaluate(() => window.pwned)), 'not interpreted');
+    await rowAction(name, 'View');
+    await page.getByRole('heading', { name }).waitFor();
+    await page.goBack();
   });
 
   await check('clean at laptop width: no horizontal scrolling, menu inside the viewport', async () => {
