@@ -189,6 +189,7 @@ pub(crate) async fn method_not_allowed() -> Response {
         (status = 429, body = OAuthErrorBody, description = "Too many failed attempts; see `Retry-After`."),
     ))]
 pub(crate) async fn endpoint(State(admin): State<Admin>, req: Request) -> Response {
+    let basic = req.headers().contains_key(header::AUTHORIZATION);
     let result = issue(&admin, req).await;
     if let Some(m) = admin.metrics() {
         match &result {
@@ -198,7 +199,14 @@ pub(crate) async fn endpoint(State(admin): State<Admin>, req: Request) -> Respon
     }
     match result {
         Ok(res) => res,
-        Err(e) => e.into_response(),
+        Err(e) => {
+            let mut res = e.into_response();
+            // RFC 6749 §5.2: the Basic challenge answers a Basic attempt only.
+            if !basic {
+                res.headers_mut().remove(header::WWW_AUTHENTICATE);
+            }
+            res
+        }
     }
 }
 

@@ -4,13 +4,18 @@
 use std::path::Path;
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use sensegate_ingest_proto::Kind;
 
 use crate::access::DeviceKey;
 
 /// Bits of an event id that count events within one boot.
 const COUNTER_BITS: u32 = 40;
+
+/// Room reserved in front of a rendered record for its `id: N\n` line:
+/// `id: ` + up to 20 digits + `\n`. Filled in once the id is known, so the
+/// complete SSE record exists once and egress copies it whole.
+const ID_ROOM: usize = 25;
 
 /// One accepted telemetry event. Built once at ingest and shared by pointer
 /// (`Arc<Event>`) with the replay ring and every subscriber: nothing in it is
@@ -24,10 +29,9 @@ pub struct Event {
     pub device: DeviceKey,
     /// Reading or anomaly.
     pub kind: Kind,
-    /// `event: …\ndata: {json}\n\n`: the SSE record minus its `id:` line,
-    /// which egress writes in front.
-    pub sse_tail: Bytes,
-    /// Where the JSON object sits inside `sse_tail`.
+    /// The complete SSE record: `id: N\nevent: …\ndata: {json}\n\n`.
+    pub sse: Bytes,
+    /// Where the JSON object sits inside `sse`.
     pub json_range: std::ops::Range<usize>,
     /// The archived frame exactly as the device sent it (zero-copy consumers).
     pub frame: Bytes,
@@ -38,7 +42,7 @@ pub struct Event {
 impl Event {
     /// The event's JSON object.
     pub fn json(&self) -> &[u8] {
-        &self.sse_tail[self.json_range.clone()]
+        &self.sse[self.json_range.clone()]
     }
 }
 
@@ -49,36 +53,76 @@ pub struct PendingEvent {
     pub seq: u64,
     /// Reading or anomaly.
     pub kind: Kind,
-    /// See [`Event::sse_tail`].
-    pub sse_tail: Bytes,
-    /// See [`Event::json_range`].
-    pub json_range: std::ops::Range<usize>,
+    /// `[ID_ROOM free bytes]event: …\ndata: {json}\n\n`.
+    record: BytesMut,
+    /// Where the JSON object sits inside `record`.
+    json_range: std::ops::Range<usize>,
     /// See [`Event::frame`].
     pub frame: Bytes,
 }
 
 impl PendingEvent {
-    /// Renders the SSE tail for a validated frame, once.
+    /// Renders the record for a validated frame, once.
     pub fn render(
         device_id: &str,
         t: &sensegate_ingest_proto::ArchivedTelemetry,
         frame: Bytes,
     ) -> Self {
-        let kind = t.kind.to_native();
-        let mut out = Vec::with_capacity(64 + 32 * t.readings.len());
+        Self::with_json(t.seq.to_native(), t.kind.to_native(), frame, 32 * t.readings.len(), |out| {
+            sensegate_ingest_proto::render_event_json(device_id, t, out)
+        })
+    }
+
+    /// Renders a record around the JSON `write_json` appends.
+    fn with_json(
+        seq: u64,
+        kind: Kind,
+        frame: Bytes,
+        size_hint: usize,
+        write_json: impl FnOnce(&mut Vec<u8>),
+    ) -> Self {
+        let mut out = Vec::with_capacity(ID_ROOM + 96 + size_hint);
+        out.resize(ID_ROOM, 0);
         out.extend_from_slice(b"event: ");
         out.extend_from_slice(kind.event_name().as_bytes());
         out.extend_from_slice(b"\ndata: ");
         let start = out.len();
-        sensegate_ingest_proto::render_event_json(device_id, t, &mut out);
+        write_json(&mut out);
         let end = out.len();
         out.extend_from_slice(b"\n\n");
         PendingEvent {
-            seq: t.seq.to_native(),
+            seq,
             kind,
-            sse_tail: Bytes::from(out),
+            record: BytesMut::from(&out[..]),
             json_range: start..end,
             frame,
+        }
+    }
+
+    /// A pending event with a fixed JSON body (tests and benches).
+    pub fn from_json(seq: u64, kind: Kind, json: &[u8]) -> Self {
+        Self::with_json(seq, kind, Bytes::new(), json.len(), |out| {
+            out.extend_from_slice(json)
+        })
+    }
+
+    /// Completes the record with its id line.
+    pub fn into_event(self, id: u64, device: DeviceKey, accepted_at: Instant) -> Event {
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(id).as_bytes();
+        let start = ID_ROOM - (4 + digits.len() + 1);
+        let mut record = self.record;
+        record[start..start + 4].copy_from_slice(b"id: ");
+        record[start + 4..ID_ROOM - 1].copy_from_slice(digits);
+        record[ID_ROOM - 1] = b'\n';
+        Event {
+            id,
+            device,
+            kind: self.kind,
+            sse: record.freeze().slice(start..),
+            json_range: self.json_range.start - start..self.json_range.end - start,
+            frame: self.frame,
+            accepted_at,
         }
     }
 }
@@ -154,6 +198,19 @@ impl EventIds {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_carry_their_id_line_and_json() {
+        let p = PendingEvent::from_json(3, Kind::Anomaly, b"{\"a\":1}");
+        let e = p.into_event(u64::MAX, DeviceKey::new("t", "d"), Instant::now());
+        assert_eq!(
+            &e.sse[..],
+            format!("id: {}\nevent: anomaly\ndata: {{\"a\":1}}\n\n", u64::MAX).as_bytes()
+        );
+        assert_eq!(e.json(), b"{\"a\":1}");
+        let e = PendingEvent::from_json(1, Kind::Reading, b"{}").into_event(7, DeviceKey::new("t", "d"), Instant::now());
+        assert_eq!(&e.sse[..], b"id: 7\nevent: telemetry\ndata: {}\n\n");
+    }
 
     #[test]
     fn ids_increase_across_restarts() {

@@ -182,15 +182,7 @@ impl Router {
                 continue;
             }
             last_seq = p.seq;
-            let ev = Arc::new(Event {
-                id: ids.next_id(),
-                device: slot.key.clone(),
-                kind: p.kind,
-                sse_tail: p.sse_tail,
-                json_range: p.json_range,
-                frame: p.frame,
-                accepted_at: now,
-            });
+            let ev = Arc::new(p.into_event(ids.next_id(), slot.key.clone(), now));
             for s in subscribers.iter() {
                 if !s.wants(ev.kind) {
                     out.filtered += 1;
@@ -311,17 +303,10 @@ pub struct Replay {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
     use sensegate_ingest_proto::Kind;
 
     fn pending(seq: u64, kind: Kind) -> PendingEvent {
-        PendingEvent {
-            seq,
-            kind,
-            sse_tail: Bytes::from_static(b"event: telemetry\ndata: {}\n\n"),
-            json_range: 23..25,
-            frame: Bytes::new(),
-        }
+        PendingEvent::from_json(seq, kind, b"{}")
     }
 
     fn router() -> Router {

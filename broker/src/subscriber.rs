@@ -11,14 +11,19 @@
 //! `capacity` pointers plus the shared events they point to.
 //!
 //! # Invariants
-//! - `push` is wait-free for the publisher (one `force_push` on a lock-free
-//!   array queue and one `notify_one`).
-//! - Events leave the queue in the order they entered it.
+//! - `push` never waits: a push onto a lock-free segmented queue, at most one
+//!   pop of the oldest event, and one `notify_one`.
+//! - Memory grows with what is queued, not with the bound: an idle stream
+//!   holds no queue storage (the segmented queue allocates 31-slot blocks
+//!   as events arrive and frees them as they leave).
+//! - Events leave the queue in the order they entered it. All pushes for a
+//!   subscriber happen under the router's sequencer lock, so there is one
+//!   producer at a time and the length bound holds exactly.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crossbeam_queue::ArrayQueue;
+use crossbeam_queue::SegQueue;
 use sensegate_ingest_proto::Kind;
 use tokio::sync::Notify;
 
@@ -49,7 +54,9 @@ pub struct Lost {
 /// egress task (consumer).
 #[derive(Debug)]
 pub struct Subscriber {
-    queue: ArrayQueue<Arc<Event>>,
+    queue: SegQueue<Arc<Event>>,
+    len: AtomicUsize,
+    capacity: usize,
     notify: Notify,
     lost_count: AtomicU64,
     lost_from: AtomicU64,
@@ -69,7 +76,9 @@ impl Subscriber {
         want_anomalies: bool,
     ) -> Self {
         Subscriber {
-            queue: ArrayQueue::new(capacity.max(1)),
+            queue: SegQueue::new(),
+            len: AtomicUsize::new(0),
+            capacity: capacity.max(1),
             notify: Notify::new(),
             lost_count: AtomicU64::new(0),
             lost_from: AtomicU64::new(u64::MAX),
@@ -97,15 +106,18 @@ impl Subscriber {
     /// Enqueues without waiting. Returns `false` if an older event had to be dropped.
     #[inline]
     pub fn push(&self, ev: Arc<Event>) -> bool {
-        let kept = match self.queue.force_push(ev) {
-            None => true,
-            Some(old) => {
+        self.queue.push(ev);
+        let mut kept = true;
+        if self.len.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+            // Full: the oldest goes (the consumer may have taken it first,
+            // in which case there is room after all).
+            if let Some(old) = self.pop() {
                 self.lost_count.fetch_add(1, Ordering::Relaxed);
                 self.lost_from.fetch_min(old.id, Ordering::Relaxed);
                 self.lost_to.fetch_max(old.id, Ordering::Relaxed);
-                false
+                kept = false;
             }
-        };
+        }
         self.notify.notify_one();
         kept
     }
@@ -113,17 +125,19 @@ impl Subscriber {
     /// Takes the next queued event.
     #[inline]
     pub fn pop(&self) -> Option<Arc<Event>> {
-        self.queue.pop()
+        let ev = self.queue.pop()?;
+        self.len.fetch_sub(1, Ordering::AcqRel);
+        Some(ev)
     }
 
     /// Events currently queued.
     pub fn len(&self) -> usize {
-        self.queue.len()
+        self.len.load(Ordering::Acquire)
     }
 
     /// Whether nothing is queued.
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.len() == 0
     }
 
     /// Takes the loss report, if anything was lost since the last call.
@@ -156,18 +170,13 @@ impl Subscriber {
 mod tests {
     use super::*;
     use crate::access::DeviceKey;
-    use bytes::Bytes;
 
     fn event(id: u64, kind: Kind) -> Arc<Event> {
-        Arc::new(Event {
+        Arc::new(crate::event::PendingEvent::from_json(1, kind, b"{}").into_event(
             id,
-            device: DeviceKey::new("t", "d"),
-            kind,
-            sse_tail: Bytes::from_static(b"event: telemetry\ndata: {}\n\n"),
-            json_range: 23..25,
-            frame: Bytes::new(),
-            accepted_at: std::time::Instant::now(),
-        })
+            DeviceKey::new("t", "d"),
+            std::time::Instant::now(),
+        ))
     }
 
     #[test]

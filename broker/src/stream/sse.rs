@@ -62,12 +62,7 @@ pub(super) fn write_item(out: &mut BytesMut, item: &Item) {
 }
 
 fn write_event(out: &mut BytesMut, ev: &Event) {
-    let mut id = itoa::Buffer::new();
-    out.reserve(ev.sse_tail.len() + 26);
-    out.put_slice(b"id: ");
-    out.put_slice(id.format(ev.id).as_bytes());
-    out.put_u8(b'\n');
-    out.put_slice(&ev.sse_tail);
+    out.put_slice(&ev.sse);
 }
 
 /// The `200 text/event-stream` response for an authorised stream.
