@@ -68,9 +68,13 @@ impl PendingEvent {
         t: &sensegate_ingest_proto::ArchivedTelemetry,
         frame: Bytes,
     ) -> Self {
-        Self::with_json(t.seq.to_native(), t.kind.to_native(), frame, 32 * t.readings.len(), |out| {
-            sensegate_ingest_proto::render_event_json(device_id, t, out)
-        })
+        Self::with_json(
+            t.seq.to_native(),
+            t.kind.to_native(),
+            frame,
+            32 * t.readings.len(),
+            |out| sensegate_ingest_proto::render_event_json(device_id, t, out),
+        )
     }
 
     /// Renders a record around the JSON `write_json` appends.
@@ -208,7 +212,11 @@ mod tests {
             format!("id: {}\nevent: anomaly\ndata: {{\"a\":1}}\n\n", u64::MAX).as_bytes()
         );
         assert_eq!(e.json(), b"{\"a\":1}");
-        let e = PendingEvent::from_json(1, Kind::Reading, b"{}").into_event(7, DeviceKey::new("t", "d"), Instant::now());
+        let e = PendingEvent::from_json(1, Kind::Reading, b"{}").into_event(
+            7,
+            DeviceKey::new("t", "d"),
+            Instant::now(),
+        );
         assert_eq!(&e.sse[..], b"id: 7\nevent: telemetry\ndata: {}\n\n");
     }
 

@@ -195,8 +195,14 @@ impl Broker {
         let identity = tls::load_or_create(&self.shared.cfg.data_dir)?;
         let server = identity.server_config()?;
         let addr = self.shared.cfg.quic_addr;
-        let endpoint =
-            quinn::Endpoint::server(server, addr).map_err(|e| BrokerError::Bind(addr, e))?;
+        let socket = udp_socket(addr).map_err(|e| BrokerError::Bind(addr, e))?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(|e| BrokerError::Bind(addr, e))?;
         let bound = endpoint
             .local_addr()
             .map_err(|e| BrokerError::Bind(addr, e))?;
@@ -217,7 +223,10 @@ impl Broker {
     /// The broker's HTTP surface: `/v1/stream/telemetry`, `/metrics`, `/healthz`.
     pub fn routes(&self) -> axum::Router {
         let stream = axum::Router::new()
-            .route("/v1/stream/telemetry", get(stream::stream_telemetry))
+            .route(
+                "/v1/stream/telemetry",
+                get(stream::stream_telemetry).fallback(stream::method_not_allowed),
+            )
             .layer(self.cors());
         axum::Router::new()
             .merge(stream)
@@ -280,6 +289,25 @@ impl AccessSink for Broker {
         self.shared.access_version.send_replace(snapshot.version);
         Ok(())
     }
+}
+
+/// Socket buffer the QUIC listener asks the kernel for. Many devices
+/// sending at once overflow the default (~208 KiB) receive buffer and every
+/// dropped datagram costs a QUIC loss-recovery round; the kernel caps the
+/// request at `net.core.rmem_max` / `wmem_max` (raise those for large fleets).
+const UDP_BUFFER: usize = 8 * 1024 * 1024;
+
+fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    // Best effort: a smaller buffer still works.
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER);
+    let _ = socket.set_send_buffer_size(UDP_BUFFER);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 /// `/readyz`: 200 when the broker can do its job, 503 naming what is not

@@ -172,11 +172,13 @@ mod tests {
     use crate::access::DeviceKey;
 
     fn event(id: u64, kind: Kind) -> Arc<Event> {
-        Arc::new(crate::event::PendingEvent::from_json(1, kind, b"{}").into_event(
-            id,
-            DeviceKey::new("t", "d"),
-            std::time::Instant::now(),
-        ))
+        Arc::new(
+            crate::event::PendingEvent::from_json(1, kind, b"{}").into_event(
+                id,
+                DeviceKey::new("t", "d"),
+                std::time::Instant::now(),
+            ),
+        )
     }
 
     #[test]

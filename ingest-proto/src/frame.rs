@@ -121,9 +121,12 @@ pub fn decode_frame(
 fn access<T>(payload: &[u8]) -> Result<&T, FrameError>
 where
     T: rkyv::Portable
-        + for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rancor::Error>>,
+        + for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rancor::Failure>>,
 {
-    rkyv::access::<T, rancor::Error>(payload).map_err(|e| FrameError::Invalid(e.to_string()))
+    // The validator's own message names memory addresses: never echo it to
+    // the peer (or the logs), which would hand out the heap layout.
+    rkyv::access::<T, rancor::Failure>(payload)
+        .map_err(|_| FrameError::Invalid("archive failed validation".into()))
 }
 
 /// Validates a telemetry payload in place: structure (bytecheck) and meaning.
@@ -285,6 +288,19 @@ mod tests {
         }
         assert!(validate_telemetry(&[]).is_err());
         assert!(validate_telemetry(&[1, 2, 3]).is_err());
+        // The reason goes back to an unauthenticated peer: no addresses in it.
+        let mut garbage = vec![0xC8u8; 200];
+        garbage[0] = 0x7f;
+        for reason in [
+            validate_telemetry(&garbage),
+            validate_telemetry(&payload[1..]),
+        ]
+        .into_iter()
+        .filter_map(|r| r.err())
+        .chain(validate_hello(&garbage).err())
+        {
+            assert!(!reason.to_string().contains("0x"), "{reason}");
+        }
     }
 
     #[test]

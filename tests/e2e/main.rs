@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod hostile_stream_requests_change_nothing;
 mod permission_changes_reach_open_streams;
 mod resume_never_loses_or_repeats;
 mod stream_options_are_enforced;

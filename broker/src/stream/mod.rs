@@ -9,7 +9,7 @@ mod ws;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use axum::extract::{FromRequestParts, Query, Request, State};
+use axum::extract::{FromRequestParts, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use parking_lot::Mutex;
@@ -84,18 +84,34 @@ fn unauthorized(message: &str) -> Response {
     r
 }
 
+/// Where the bearer token came from.
+#[derive(Debug, PartialEq, Eq)]
+enum Bearer<'a> {
+    Token(&'a str),
+    Missing,
+    /// Header and query parameter at once (RFC 6750 §2: one method only).
+    Both,
+}
+
 /// The bearer token from the `Authorization` header (scheme is
-/// case-insensitive) or, failing that, the `access_token` parameter.
-fn bearer<'a>(headers: &'a HeaderMap, params: &'a StreamParams) -> Option<&'a str> {
-    if let Some(v) = headers.get(header::AUTHORIZATION) {
-        let v = v.to_str().ok()?;
-        let (scheme, token) = v.split_once(' ')?;
-        return scheme
-            .eq_ignore_ascii_case("bearer")
-            .then(|| token.trim())
-            .filter(|t| !t.is_empty());
+/// case-insensitive) or the `access_token` parameter.
+fn bearer<'a>(headers: &'a HeaderMap, params: &'a StreamParams) -> Bearer<'a> {
+    let query = params.access_token.as_deref();
+    let Some(v) = headers.get(header::AUTHORIZATION) else {
+        return query
+            .filter(|t| !t.is_empty())
+            .map_or(Bearer::Missing, Bearer::Token);
+    };
+    if query.is_some() {
+        return Bearer::Both;
     }
-    params.access_token.as_deref().filter(|t| !t.is_empty())
+    v.to_str()
+        .ok()
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .filter(|t| !t.is_empty())
+        .map_or(Bearer::Missing, Bearer::Token)
 }
 
 fn resume_from(headers: &HeaderMap, params: &StreamParams) -> ResumeFrom {
@@ -132,17 +148,50 @@ fn kinds(list: Option<&str>) -> Result<(bool, bool), String> {
     Ok(kinds)
 }
 
+/// Any other method on the stream path.
+pub(crate) async fn method_not_allowed() -> Response {
+    let mut r = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "the stream endpoint answers GET only",
+    );
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("GET"));
+    r
+}
+
 /// The handler: checks everything, then hands the stream to SSE or WebSocket.
 pub(crate) async fn stream_telemetry(
     State(shared): State<Arc<Shared>>,
-    Query(params): Query<StreamParams>,
+    RawQuery(query): RawQuery,
     req: Request,
 ) -> Response {
+    let params: StreamParams = match serde_urlencoded::from_str(query.as_deref().unwrap_or("")) {
+        Ok(p) => p,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                &format!("bad query string: {e}"),
+            )
+        }
+    };
     let (mut parts, _body) = req.into_parts();
     let headers = &parts.headers;
-    let Some(token) = bearer(headers, &params) else {
-        shared.metrics.stream_refused("missing_token");
-        return unauthorized("a bearer access token is required");
+    let token = match bearer(headers, &params) {
+        Bearer::Token(t) => t,
+        Bearer::Missing => {
+            shared.metrics.stream_refused("missing_token");
+            return unauthorized("a bearer access token is required");
+        }
+        Bearer::Both => {
+            shared.metrics.stream_refused("two_tokens");
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "send the access token in the Authorization header or the access_token parameter, not both",
+            );
+        }
     };
     let table = shared.access.load_full();
     let now = now_ms();
@@ -179,7 +228,7 @@ pub(crate) async fn stream_telemetry(
     };
     let Some(permit) = acquire(&shared, &claims.app) else {
         shared.metrics.stream_refused("too_many_streams");
-        return error(
+        let mut r = error(
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_streams",
             &format!(
@@ -187,6 +236,9 @@ pub(crate) async fn stream_telemetry(
                 shared.cfg.max_streams_per_app
             ),
         );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return r;
     };
     let opened = Opened {
         devices: filter.clone().unwrap_or_else(|| app.devices.clone()),
@@ -207,7 +259,11 @@ pub(crate) async fn stream_telemetry(
     if upgrade {
         match axum::extract::ws::WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
             Ok(upgrade) => ws::respond(shared, opened, upgrade),
-            Err(rejection) => rejection.into_response(),
+            Err(rejection) => error(
+                rejection.status(),
+                "invalid_request",
+                &rejection.body_text(),
+            ),
         }
     } else {
         sse::respond(shared, opened)
@@ -219,22 +275,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bearer_comes_from_the_header_first_then_the_query() {
+    fn bearer_comes_from_the_header_or_the_query_never_both() {
         let mut h = HeaderMap::new();
         let q = StreamParams {
             access_token: Some("q".into()),
             ..Default::default()
         };
-        assert_eq!(bearer(&h, &q), Some("q"));
+        let none = StreamParams::default();
+        assert_eq!(bearer(&h, &q), Bearer::Token("q"));
+        assert_eq!(bearer(&h, &none), Bearer::Missing);
         h.insert(
             header::AUTHORIZATION,
             HeaderValue::from_static("bEaReR abc"),
         );
-        assert_eq!(bearer(&h, &q), Some("abc"));
+        assert_eq!(bearer(&h, &none), Bearer::Token("abc"));
+        assert_eq!(bearer(&h, &q), Bearer::Both);
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
-        assert_eq!(bearer(&h, &q), None);
+        assert_eq!(bearer(&h, &none), Bearer::Missing);
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer "));
-        assert_eq!(bearer(&h, &q), None);
+        assert_eq!(bearer(&h, &none), Bearer::Missing);
     }
 
     #[test]

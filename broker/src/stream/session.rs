@@ -130,51 +130,15 @@ impl Session {
         ));
         // Watch for table changes from before the subscription on, so none is missed.
         let versions = shared.access_version.subscribe();
-        let joined_at = shared.router.subscribe(&sub, o.devices.iter());
-        let mut pending = VecDeque::new();
-        match o.resume {
-            ResumeFrom::Live => {}
-            ResumeFrom::Malformed => {
-                pending.push_back(gap("malformed-last-event-id", None, joined_at));
-                shared.metrics.gaps_sent.inc();
-            }
-            ResumeFrom::After(after) => {
-                let r = shared.router.replay(o.devices.iter(), after, joined_at);
-                // A resume point from the future (another broker), from an
-                // earlier boot, or older than the rings cannot be replayed
-                // exactly: say so before anything else.
-                let unknown = after > joined_at;
-                let evicted = r.evicted_through > after || after + 1 < shared.router.boot_floor();
-                if unknown || evicted {
-                    let reason = if unknown {
-                        "unknown-last-event-id"
-                    } else {
-                        "replay-evicted"
-                    };
-                    pending.push_back(gap(reason, Some(after), r.evicted_through.max(after)));
-                    shared.metrics.gaps_sent.inc();
-                }
-                pending.extend(
-                    r.events
-                        .into_iter()
-                        .filter(|e| sub.wants(e.kind))
-                        .map(Item::Event),
-                );
-            }
-        }
         let gauge = shared.metrics.subscribers(transport);
-        gauge.inc();
         let app_metrics = shared.metrics.app(&o.claims.sub);
-        app_metrics.streams.inc();
-        tracing::info!(
-            client_id = %o.claims.sub,
-            transport,
-            devices = o.devices.len(),
-            resume = ?o.resume,
-            "stream opened"
-        );
         let ttl_ms = u64::try_from(o.claims.exp * 1000 - o.now_ms).unwrap_or(0);
-        Session {
+        let joined_at = shared.router.subscribe(&sub, o.devices.iter());
+        // From here on the subscription is owned by the session, whose Drop
+        // undoes it whatever happens next.
+        gauge.inc();
+        app_metrics.streams.inc();
+        let mut session = Session {
             deadline: Instant::now() + Duration::from_millis(ttl_ms),
             app_expiry: instant_at(o.app_expires_at_ms),
             shared,
@@ -182,7 +146,7 @@ impl Session {
             claims: o.claims,
             devices: o.devices,
             filter: o.filter,
-            pending,
+            pending: VecDeque::new(),
             versions,
             purge: None,
             ended: None,
@@ -190,6 +154,54 @@ impl Session {
             gauge,
             app_metrics,
             _permit: o.permit,
+        };
+        session.replay(o.resume, joined_at);
+        tracing::info!(
+            client_id = %session.claims.sub,
+            transport,
+            devices = session.devices.len(),
+            resume = ?o.resume,
+            "stream opened"
+        );
+        session
+    }
+
+    /// Queues what a resuming client missed (or says why it cannot).
+    fn replay(&mut self, resume: ResumeFrom, joined_at: u64) {
+        let shared = &self.shared;
+        match resume {
+            ResumeFrom::Live => {}
+            ResumeFrom::Malformed => {
+                self.pending
+                    .push_back(gap("malformed-last-event-id", None, joined_at));
+                shared.metrics.gaps_sent.inc();
+            }
+            ResumeFrom::After(after) => {
+                let r = shared.router.replay(self.devices.iter(), after, joined_at);
+                // A resume point from the future (another broker), from an
+                // earlier boot, or older than the rings cannot be replayed
+                // exactly: say so before anything else.
+                let unknown = after > joined_at;
+                let evicted = r.evicted_through > after
+                    || after.saturating_add(1) < shared.router.boot_floor();
+                if unknown || evicted {
+                    let reason = if unknown {
+                        "unknown-last-event-id"
+                    } else {
+                        "replay-evicted"
+                    };
+                    self.pending
+                        .push_back(gap(reason, Some(after), r.evicted_through.max(after)));
+                    shared.metrics.gaps_sent.inc();
+                }
+                let sub = &self.sub;
+                self.pending.extend(
+                    r.events
+                        .into_iter()
+                        .filter(|e| sub.wants(e.kind))
+                        .map(Item::Event),
+                );
+            }
         }
     }
 

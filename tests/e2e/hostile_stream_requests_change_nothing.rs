@@ -1,0 +1,99 @@
+//! Hostile stream requests get a clear JSON error (or an in-band gap), and
+//! leave nothing behind: no leaked subscriber, no panic.
+
+use serde_json::Value;
+
+use crate::harness::Server;
+
+async fn subscribers(server: &Server) -> f64 {
+    let text = server
+        .client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("sensegate_stream_subscribers{transport=\"sse\"} "))
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_stream_requests_get_json_errors_and_leak_nothing() {
+    let server = Server::start(&[]);
+    server.create_device("d").await;
+    let (id, secret) = server.create_app("target", &["d"], false).await;
+    let token = server.token(&id, &secret).await;
+
+    // The largest possible resume point: a gap, not a panic.
+    for _ in 0..3 {
+        let mut s = server
+            .open_stream(&token, &format!("?lastEventId={}", u64::MAX))
+            .await;
+        let got = s
+            .collect_until(std::time::Duration::from_secs(10), |e| !e.is_empty())
+            .await;
+        assert_eq!(got[0].event, "gap");
+        assert_eq!(got[0].json()["reason"], "unknown-last-event-id");
+    }
+    // Every subscription went away with its stream.
+    let mut left = f64::MAX;
+    for _ in 0..50 {
+        left = subscribers(&server).await;
+        if left == 0.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, 0.0, "streams leaked");
+
+    let json_error = |resp: reqwest::Response, status: u16| async move {
+        assert_eq!(resp.status().as_u16(), status);
+        assert!(resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json"));
+        let body: Value = resp.json().await.unwrap();
+        assert!(body["error"].is_string(), "{body}");
+        body
+    };
+    // A token in the header and the query at once.
+    let resp = server
+        .stream_request(&token, &format!("?access_token={token}"), &[])
+        .await;
+    json_error(resp, 400).await;
+    // Repeated parameters.
+    let resp = server
+        .stream_request(&token, "?devices=d&devices=d", &[])
+        .await;
+    json_error(resp, 400).await;
+    // Another method.
+    let resp = server
+        .client
+        .post(server.url("/v1/stream/telemetry"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["allow"], "GET");
+    json_error(resp, 405).await;
+    // A WebSocket upgrade with an unsupported version.
+    let resp = server
+        .stream_request(
+            &token,
+            "",
+            &[
+                ("Connection", "Upgrade"),
+                ("Upgrade", "websocket"),
+                ("Sec-WebSocket-Version", "8"),
+                ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ],
+        )
+        .await;
+    assert!(resp.status().is_client_error());
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/json"));
+}
