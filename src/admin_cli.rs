@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use clap::Subcommand;
 use sensegate_admin::{Admin, AdminConfig, DiscardSink};
 
@@ -94,12 +93,9 @@ enum SigningKeyCommand {
 }
 
 async fn open(db: &DbArgs) -> anyhow::Result<Admin> {
-    let data_dir = &db.node.data_dir;
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
     let (admin, generated) = Admin::open(
         AdminConfig {
-            database_url: db.store.url(data_dir),
+            database_url: db.store.prepare(&db.node.data_dir)?,
             issuer: "sensegate-cli".into(),
             token_ttl: Duration::from_secs(db.token.token_ttl),
             bootstrap_admin_key: std::env::var("SENSEGATE_BOOTSTRAP_ADMIN_KEY").ok(),

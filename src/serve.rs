@@ -38,14 +38,58 @@ pub(crate) struct StoreArgs {
 }
 
 impl StoreArgs {
-    pub(crate) fn url(&self, data_dir: &std::path::Path) -> String {
-        self.database_url.clone().unwrap_or_else(|| {
-            format!(
-                "sqlite://{}?mode=rwc",
-                data_dir.join("sensegate.db").display()
-            )
-        })
+    /// The database URL, after making sure the data dir (mode 0700) and the
+    /// default SQLite file and its journals (mode 0600) are private: the
+    /// database holds the token signing key.
+    pub(crate) fn prepare(&self, data_dir: &std::path::Path) -> anyhow::Result<String> {
+        private_dir(data_dir)?;
+        if let Some(url) = &self.database_url {
+            return Ok(url.clone());
+        }
+        let db = data_dir.join("sensegate.db");
+        for suffix in ["", "-wal", "-shm"] {
+            let mut path = db.clone().into_os_string();
+            path.push(suffix);
+            private_file(std::path::Path::new(&path), suffix.is_empty())?;
+        }
+        Ok(format!("sqlite://{}?mode=rwc", db.display()))
     }
+}
+
+/// Creates `dir` (and parents) if needed and restricts it to its owner.
+pub(crate) fn private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("restricting {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Restricts `path` to its owner, creating it empty first if `create`.
+fn private_file(path: &std::path::Path, create: bool) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+        if create && !path.exists() {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("creating {}", path.display()))?;
+        }
+        if path.exists() {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("restricting {}", path.display()))?;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, create);
+    Ok(())
 }
 
 /// Token issuance.
@@ -193,11 +237,9 @@ async fn open_admin(
     issuer: String,
     sink: Arc<dyn AccessSink>,
 ) -> anyhow::Result<Admin> {
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
     let (admin, generated_key) = Admin::open(
         AdminConfig {
-            database_url: store.url(data_dir),
+            database_url: store.prepare(data_dir)?,
             issuer,
             token_ttl: Duration::from_secs(token.token_ttl),
             bootstrap_admin_key: std::env::var("SENSEGATE_BOOTSTRAP_ADMIN_KEY").ok(),
@@ -262,6 +304,7 @@ pub(crate) async fn run_broker(args: BrokerProcessArgs) -> anyhow::Result<()> {
         .issuer
         .clone()
         .unwrap_or_else(|| args.admin_url.trim_end_matches('/').to_owned());
+    private_dir(&args.node.data_dir)?;
     let broker = Broker::new(args.broker.config(args.node.data_dir.clone(), issuer))?;
     broker.follow_feed(args.admin_url.clone(), args.cluster_key.clone());
     let listener = start_ingest(&broker)?;
@@ -325,39 +368,77 @@ pub(crate) async fn run_admin(args: AdminServeArgs) -> anyhow::Result<()> {
     serve_until_signal(http, app, None).await
 }
 
-/// Serves HTTP (with peer addresses, for the token endpoint's per-address
-/// throttling) until SIGINT/SIGTERM, then stops the QUIC listener and gives
-/// requests in flight [`SHUTDOWN_GRACE`].
+/// Most HTTP connections served at once; further ones wait in the kernel's
+/// accept queue. Kept below the usual open-file limit so that a flood of idle
+/// connections cannot starve the process of descriptors.
+const MAX_CONNECTIONS: usize = 10_000;
+
+/// How long a client may take to send a request's headers (slowloris).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves HTTP/1.1 and HTTP/2 (cleartext) until SIGINT/SIGTERM, with the
+/// peer address in each request's extensions (the token endpoint throttles
+/// per address), a header-read timeout and a connection cap; then stops the
+/// QUIC listener and gives requests in flight [`SHUTDOWN_GRACE`].
 async fn serve_until_signal(
     http: tokio::net::TcpListener,
     app: axum::Router,
     listener: Option<&Listener>,
 ) -> anyhow::Result<()> {
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut server = tokio::spawn(async move {
-        axum::serve(
-            http,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = stop_rx.await;
-        })
-        .await
-    });
-    tokio::select! {
-        result = &mut server => {
-            result??;
-            anyhow::bail!("HTTP server stopped unexpectedly");
-        }
-        _ = shutdown_signal() => {}
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto;
+    use hyper_util::service::TowerToHyperService;
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(20)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => p?,
+            _ = &mut signal => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = http.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors or similar: back off, keep serving.
+                    tracing::warn!(error = %e, "accepting an HTTP connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut signal => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(
+            app.clone()
+                .layer(axum::Extension(axum::extract::ConnectInfo(peer))),
+        );
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(permit);
+        });
     }
     info!("shutting down");
     if let Some(l) = listener {
         l.close();
     }
-    let _ = stop_tx.send(());
     // Open streams never end by themselves: give requests in flight a moment.
-    let _ = tokio::time::timeout(SHUTDOWN_GRACE, server).await;
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await;
     info!("stopped");
     Ok(())
 }

@@ -97,3 +97,58 @@ async fn hostile_stream_requests_get_json_errors_and_leak_nothing() {
         .unwrap()
         .starts_with("application/json"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_at_rest_are_readable_by_the_owner_only() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let server = Server::start(&[]);
+    server.create_device("d").await;
+    let dir = server.data_dir.path();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(dir), 0o700, "data dir");
+    // The database holds the token signing key; key.pem the QUIC key.
+    for file in ["sensegate.db", "key.pem"] {
+        assert_eq!(mode(&dir.join(file)), 0o600, "{file}");
+    }
+    for journal in ["sensegate.db-wal", "sensegate.db-shm"] {
+        let p = dir.join(journal);
+        if p.exists() {
+            assert_eq!(mode(&p) & 0o077, 0, "{journal}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let server = Server::start(&[]);
+    let mut slow = tokio::net::TcpStream::connect(server.http).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-a: ")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 512];
+    // The server closes (possibly after a 408) within its header timeout.
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            match slow.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the slow connection was never closed");
+    assert!(started.elapsed() >= std::time::Duration::from_secs(5));
+    // Everyone else is served meanwhile and after.
+    assert_eq!(
+        server
+            .client
+            .get(server.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
