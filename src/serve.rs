@@ -291,6 +291,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let listener = start_ingest(&broker)?;
     let app = broker.routes().merge(admin.router());
     println!("listening http={http_addr} quic={}", listener.addr);
+    println!("web page: http://{http_addr}/admin/");
     if args.demo {
         crate::demo::start(&admin, http_addr, &listener).await?;
     }
