@@ -208,6 +208,19 @@ impl Server {
         }
     }
 
+    /// Like [`Server::start_split`], but the broker reaches the admin's feed
+    /// at the address `relay` returns for the admin's (e.g. a proxy).
+    pub(crate) fn start_split_through(relay: impl FnOnce(SocketAddr) -> SocketAddr) -> Server {
+        let data_dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        let output = Arc::new(Mutex::new(String::new()));
+        let (admin, line) = spawn(&admin_args("127.0.0.1:0", &data_dir), &output);
+        let http = addr_in(&line, "http=");
+        let issuer = format!("http://{http}");
+        let args = broker_args(relay(http), &data_dir, &["--issuer", &issuer]);
+        let (broker, line) = spawn(&args, &output);
+        Self::split(http, &line, [admin, broker], data_dir, output)
+    }
+
     /// Like [`Server::start_split`], but the broker starts first, pointed
     /// at an address where no admin listens yet.
     pub(crate) fn start_split_broker_first() -> Server {

@@ -340,3 +340,113 @@ async fn broker_started_before_the_admin_catches_up_when_it_comes() {
     let got = stream.collect_until(WAIT, |e| !e.is_empty()).await;
     assert_eq!(got[0].json()["readings"]["i"], 7.0);
 }
+
+/// A TCP relay to the admin that, when armed, forwards half of the next
+/// chunk carrying a feed delta and then cuts the connection.
+struct CuttingRelay {
+    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cuts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CuttingRelay {
+    fn start(upstream: std::net::SocketAddr) -> (Self, std::net::SocketAddr) {
+        use std::sync::atomic::Ordering;
+        let armed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cuts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let (a, c) = (armed.clone(), cuts.clone());
+        tokio::spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            while let Ok((client, _)) = listener.accept().await {
+                let (armed, cuts) = (a.clone(), c.clone());
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+                    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                    });
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match sr.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        let chunk = &buf[..n];
+                        let needle: &[u8] = b"\"type\":\"delta\"";
+                        let delta = chunk.windows(needle.len()).any(|w| w == needle);
+                        if delta && armed.swap(false, Ordering::SeqCst) {
+                            let _ = cw.write_all(&chunk[..n / 2]).await;
+                            cuts.fetch_add(1, Ordering::SeqCst);
+                            return; // both halves dropped: the connection is cut mid-line
+                        }
+                        if cw.write_all(chunk).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (CuttingRelay { armed, cuts }, addr)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feed_connection_cut_mid_delta_resumes_without_losing_the_change() {
+    use std::sync::atomic::Ordering;
+    let mut relay = None;
+    let server = Server::start_split_through(|admin| {
+        let (r, addr) = CuttingRelay::start(admin);
+        relay = Some(r);
+        addr
+    });
+    let relay = relay.unwrap();
+    let keys: Vec<String> =
+        futures_util::future::join_all(["a", "b"].map(|d| server.create_device(d))).await;
+    let app = server.create_app_full("cut", &["a"], &[], false).await;
+    let token = server.token(&app.client_id, &app.secret).await;
+    // Wait until the broker knows the application.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut stream = loop {
+        let resp = server.stream_request(&token, "", &[]).await;
+        if resp.status() == 200 {
+            break SseStream::new(resp);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the broker never learnt of the application"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    relay.armed.store(true, Ordering::SeqCst);
+    let path = format!("/api/v1/applications/{}", app.id);
+    change(
+        &server,
+        Method::PATCH,
+        &path,
+        Some(json!({"devices": ["a", "b"]})),
+    )
+    .await;
+    let evs = stream
+        .collect_until(Duration::from_secs(15), |e| {
+            e.last().is_some_and(|e| e.event == "permissions")
+        })
+        .await;
+    assert_eq!(evs.last().unwrap().json()["devices"], json!(["a", "b"]));
+    assert_eq!(
+        relay.cuts.load(Ordering::SeqCst),
+        1,
+        "the relay must have cut a delta in half"
+    );
+    assert!(server
+        .publish("b", &keys[1], &one_reading(9))
+        .status
+        .success());
+    let got = stream.collect_until(WAIT, |e| !e.is_empty()).await;
+    assert_eq!(got[0].json()["deviceId"], "b");
+}
