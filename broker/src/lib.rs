@@ -207,6 +207,17 @@ impl Broker {
             .local_addr()
             .map_err(|e| BrokerError::Bind(addr, e))?;
         tokio::spawn(ingest::accept_loop(endpoint.clone(), self.shared.clone()));
+        let shared = Arc::downgrade(&self.shared);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(READINESS_REFRESH);
+            loop {
+                tick.tick().await;
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                readiness(&shared).await;
+            }
+        });
         self.shared
             .ingest_up
             .store(true, std::sync::atomic::Ordering::Release);
@@ -314,6 +325,23 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
 /// ready. A disconnected feed is reported but does not fail readiness: the
 /// broker keeps serving with the last table it had.
 async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    let (ready, checks) = readiness(&shared).await;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(serde_json::json!({ "ready": ready, "checks": checks })),
+    )
+}
+
+/// How often `sensegate_ready` is re-evaluated.
+const READINESS_REFRESH: Duration = Duration::from_secs(5);
+
+/// Evaluates every readiness check; also updates `sensegate_ready`.
+async fn readiness(shared: &Shared) -> (bool, serde_json::Map<String, serde_json::Value>) {
     use std::sync::atomic::Ordering;
     let mut ready = true;
     let mut checks = serde_json::Map::new();
@@ -359,15 +387,8 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     for (name, probe) in probes {
         check(name, probe().await.map(|()| "ok".into()));
     }
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        status,
-        axum::Json(serde_json::json!({ "ready": ready, "checks": checks })),
-    )
+    shared.metrics.ready.set(i64::from(ready));
+    (ready, checks)
 }
 
 async fn metrics_handler(State(shared): State<Arc<Shared>>) -> impl IntoResponse {

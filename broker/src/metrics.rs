@@ -8,6 +8,25 @@ use prometheus::{
     Opts, Registry,
 };
 
+/// The `reason` values of `sensegate_ingest_frames_rejected_total`.
+pub const FRAME_REJECT_REASONS: [&str; 6] = [
+    "too_long",
+    "empty",
+    "invalid_archive",
+    "zero_seq",
+    "bad_timestamp",
+    "bad_value",
+];
+
+/// The `result` values of `sensegate_ingest_sessions_total`.
+pub const SESSION_RESULTS: [&str; 5] = [
+    "accepted",
+    "unauthorized",
+    "malformed",
+    "unsupported_version",
+    "timeout",
+];
+
 /// Handles to every broker metric.
 #[derive(Clone)]
 pub struct Metrics {
@@ -52,6 +71,8 @@ pub struct Metrics {
     pub feed_lag: IntGauge,
     /// Version of the permission table in force.
     pub feed_version: IntGauge,
+    /// 1 when `/readyz` would answer 200, re-evaluated every few seconds.
+    pub ready: IntGauge,
     /// Time to compile and swap in a new permission table.
     pub feed_reload_seconds: Histogram,
 }
@@ -206,6 +227,11 @@ impl Metrics {
                 "Permission versions the broker is behind the admin",
             )
             .expect("valid metric"),
+            ready: IntGauge::new(
+                "sensegate_ready",
+                "1 when every readiness check passes (see /readyz), else 0",
+            )
+            .expect("valid metric"),
             feed_version: IntGauge::new(
                 "sensegate_feed_version",
                 "Version of the permission table in force",
@@ -232,7 +258,19 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        let collectors: [Box<dyn prometheus::core::Collector>; 25] = [
+        // Every series of a fixed label set exists from the start, so a
+        // dashboard or alert sees 0 rather than nothing.
+        for reason in FRAME_REJECT_REASONS {
+            m.frames_rejected.with_label_values(&[reason]);
+        }
+        for result in SESSION_RESULTS {
+            m.sessions.with_label_values(&[result]);
+        }
+        for transport in ["sse", "ws"] {
+            m.subscribers.with_label_values(&[transport]);
+        }
+        let collectors: [Box<dyn prometheus::core::Collector>; 26] = [
+            Box::new(m.ready.clone()),
             Box::new(dropped),
             Box::new(m.queue_depth.clone()),
             Box::new(m.ack_latency.clone()),
