@@ -399,6 +399,43 @@ impl Server {
         req.send().await.expect("stream request")
     }
 
+    /// Opens a stream as soon as the broker accepts the token (in split
+    /// mode it learns of new applications and keys from the feed).
+    pub(crate) async fn open_stream_when_accepted(
+        &self,
+        token: &str,
+        within: Duration,
+    ) -> SseStream {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let resp = self.stream_request(token, "", &[]).await;
+            if resp.status() == 200 {
+                return SseStream::new(resp);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the broker never accepted the token"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The value of one series on the stream side's `/metrics` (`name{labels}`).
+    pub(crate) async fn metric(&self, series: &str) -> Option<f64> {
+        let text = self
+            .client
+            .get(format!("http://{}/metrics", self.stream_http))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.parse().ok())
+    }
+
     /// Opens an SSE stream; panics unless it answers 200 text/event-stream.
     pub(crate) async fn open_stream(&self, token: &str, query: &str) -> SseStream {
         self.open_stream_with(token, query, &[]).await

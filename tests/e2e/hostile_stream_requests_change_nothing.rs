@@ -5,21 +5,6 @@ use serde_json::Value;
 
 use crate::harness::Server;
 
-async fn subscribers(server: &Server) -> f64 {
-    let text = server
-        .client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("sensegate_stream_subscribers{transport=\"sse\"} "))
-        .map_or(0.0, |v| v.parse().unwrap())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_stream_requests_get_json_errors_and_leak_nothing() {
     let server = Server::start(&[]);
@@ -41,7 +26,10 @@ async fn hostile_stream_requests_get_json_errors_and_leak_nothing() {
     // Every subscription went away with its stream.
     let mut left = f64::MAX;
     for _ in 0..50 {
-        left = subscribers(&server).await;
+        left = server
+            .metric("sensegate_stream_subscribers{transport=\"sse\"}")
+            .await
+            .unwrap_or(0.0);
         if left == 0.0 {
             break;
         }

@@ -324,18 +324,9 @@ async fn broker_started_before_the_admin_catches_up_when_it_comes() {
     let token = server.token(&app.client_id, &app.secret).await;
     // The broker learns of the application (and the signing key) from the
     // feed once the admin is up; allow for its reconnect backoff.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut stream = loop {
-        let resp = server.stream_request(&token, "", &[]).await;
-        if resp.status() == 200 {
-            break SseStream::new(resp);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the broker never caught up with the admin"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let mut stream = server
+        .open_stream_when_accepted(&token, Duration::from_secs(10))
+        .await;
     assert!(server.publish("d", &key, &one_reading(7)).status.success());
     let got = stream.collect_until(WAIT, |e| !e.is_empty()).await;
     assert_eq!(got[0].json()["readings"]["i"], 7.0);
@@ -411,18 +402,9 @@ async fn feed_connection_cut_mid_delta_resumes_without_losing_the_change() {
     let app = server.create_app_full("cut", &["a"], &[], false).await;
     let token = server.token(&app.client_id, &app.secret).await;
     // Wait until the broker knows the application.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut stream = loop {
-        let resp = server.stream_request(&token, "", &[]).await;
-        if resp.status() == 200 {
-            break SseStream::new(resp);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the broker never learnt of the application"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let mut stream = server
+        .open_stream_when_accepted(&token, Duration::from_secs(10))
+        .await;
     relay.armed.store(true, Ordering::SeqCst);
     let path = format!("/api/v1/applications/{}", app.id);
     change(
