@@ -64,6 +64,15 @@ impl AdminMetrics {
                 "Enabled applications expiring within 7 days",
             )?,
         };
+        for reason in [
+            "invalid_request",
+            "invalid_client",
+            "unsupported_grant_type",
+            "throttled",
+            "server_error",
+        ] {
+            m.tokens_refused.with_label_values(&[reason]);
+        }
         registry.register(Box::new(m.tokens_issued.clone()))?;
         registry.register(Box::new(m.tokens_refused.clone()))?;
         registry.register(Box::new(m.api_requests.clone()))?;

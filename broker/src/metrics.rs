@@ -27,6 +27,20 @@ pub const SESSION_RESULTS: [&str; 5] = [
     "timeout",
 ];
 
+/// The `reason` values of `sensegate_stream_refusals_total`.
+pub const STREAM_REFUSAL_REASONS: [&str; 10] = [
+    "missing_token",
+    "two_tokens",
+    "invalid",
+    "unknown_key",
+    "app_deleted",
+    "app_expired",
+    "app_disabled",
+    "secret_rotated",
+    "device_forbidden",
+    "too_many_streams",
+];
+
 /// Handles to every broker metric.
 #[derive(Clone)]
 pub struct Metrics {
@@ -269,6 +283,9 @@ impl Metrics {
         for transport in ["sse", "ws"] {
             m.subscribers.with_label_values(&[transport]);
         }
+        for reason in STREAM_REFUSAL_REASONS {
+            m.stream_refusals.with_label_values(&[reason]);
+        }
         let collectors: [Box<dyn prometheus::core::Collector>; 26] = [
             Box::new(m.ready.clone()),
             Box::new(dropped),
@@ -331,6 +348,14 @@ impl Metrics {
             dropped: self.app_dropped.with_label_values(&[client_id]),
             last_delivery: self.app_last_delivery.with_label_values(&[client_id]),
         }
+    }
+
+    /// Drops an application's series (it was deleted).
+    pub fn forget_app(&self, client_id: &str) {
+        let _ = self.app_streams.remove_label_values(&[client_id]);
+        let _ = self.app_delivered.remove_label_values(&[client_id]);
+        let _ = self.app_dropped.remove_label_values(&[client_id]);
+        let _ = self.app_last_delivery.remove_label_values(&[client_id]);
     }
 
     /// Renders the text exposition format.
