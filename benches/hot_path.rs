@@ -148,5 +148,66 @@ fn fan_out(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, codec, fan_out);
+/// The same fan-out as `router_publish_one_device/100_subscribers`, plus
+/// every metric the ingest and egress paths record for it: per frame the
+/// byte counter, per batch the ingest counters, per subscriber batch the
+/// delivery counters, latency and queue-depth histograms and the
+/// per-application series. The difference to the plain run is the cost of
+/// the metrics.
+fn fan_out_with_metrics(c: &mut Criterion) {
+    let payload = frame(1);
+    let metrics = sensegate_broker::metrics::Metrics::new();
+    let app = metrics.app("sgc_bench");
+    let mut g = c.benchmark_group("router_publish_one_device_with_metrics");
+    let subs = 100usize;
+    let router = Router::new(64, EventIds::with_epoch(1), RingConfig::default());
+    let device = DeviceKey::new("t", "machine-1");
+    let subscribers: Vec<Arc<Subscriber>> = (0..subs)
+        .map(|_| Arc::new(Subscriber::new(1024, true, true, true)))
+        .collect();
+    for s in &subscribers {
+        router.subscribe(s, [&device]);
+    }
+    let slot = router.slot_or_create(&device);
+    let mut seq = 1;
+    g.throughput(Throughput::Elements(BATCH * subs as u64));
+    g.bench_function(format!("{subs}_subscribers"), |b| {
+        b.iter_batched(
+            || {
+                let p = pendings(&payload, seq);
+                seq += BATCH;
+                p
+            },
+            |batch| {
+                for _ in 0..BATCH {
+                    metrics.bytes_accepted.inc_by(payload.len() as u64);
+                }
+                let p = router.publish(&slot, batch);
+                metrics.frames_accepted.inc_by(p.accepted);
+                metrics.duplicates.inc_by(p.duplicates);
+                metrics.dropped_slow_consumer.inc_by(p.overflowed);
+                metrics.dropped_filtered.inc_by(p.filtered);
+                for s in &subscribers {
+                    metrics.queue_depth.observe(s.len() as f64);
+                    let mut n = 0u64;
+                    let mut oldest = None;
+                    while let Some(ev) = s.pop() {
+                        oldest.get_or_insert(ev.accepted_at);
+                        n += 1;
+                    }
+                    if let Some(t) = oldest {
+                        metrics.delivery_latency.observe(t.elapsed().as_secs_f64());
+                        metrics.events_delivered.inc_by(n);
+                        app.delivered.inc_by(n);
+                        app.last_delivery.set(1.0);
+                    }
+                }
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, codec, fan_out, fan_out_with_metrics);
 criterion_main!(benches);
