@@ -22,6 +22,10 @@ use crate::subscriber::{OverflowPolicy, Subscriber};
 use crate::token::Claims;
 use crate::{now_ms, Shared};
 
+/// How often a stream records its sampled metrics (delivery latency, queue
+/// depth, last delivery time).
+const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+
 /// Most events handed over in one batch: bounds the chunk size (~64 KiB at
 /// ~250-byte events) and the time one stream holds a worker.
 pub(crate) const MAX_BATCH: usize = 256;
@@ -96,6 +100,8 @@ pub(crate) struct Session {
     versions: tokio::sync::watch::Receiver<u64>,
     purge: Option<Purge>,
     ended: Option<End>,
+    /// When latency, queue depth and last delivery were last recorded.
+    sampled_at: Instant,
     transport: &'static str,
     gauge: prometheus::IntGauge,
     app_metrics: crate::metrics::AppMetrics,
@@ -150,6 +156,7 @@ impl Session {
             versions,
             purge: None,
             ended: None,
+            sampled_at: Instant::now() - SAMPLE_EVERY,
             transport,
             gauge,
             app_metrics,
@@ -271,10 +278,7 @@ impl Session {
             out.push(item);
             n += 1;
         }
-        self.shared
-            .metrics
-            .queue_depth
-            .observe(self.sub.len() as f64);
+        let depth = self.sub.len();
         if let Some(lost) = self.sub.take_lost() {
             self.app_metrics.dropped.inc_by(lost.count);
             out.push(gap(
@@ -301,13 +305,21 @@ impl Session {
             delivered += 1;
         }
         if let Some(t) = oldest {
-            self.shared
-                .metrics
-                .delivery_latency
-                .observe(t.elapsed().as_secs_f64());
             self.shared.metrics.events_delivered.inc_by(delivered);
             self.app_metrics.delivered.inc_by(delivered);
-            self.app_metrics.last_delivery.set(now_ms() as f64 / 1000.0);
+            // Histograms and the wall clock cost far more than a counter:
+            // sample them at most every SAMPLE_EVERY per stream, which is
+            // plenty for scrape-interval dashboards.
+            let now = Instant::now();
+            if now.duration_since(self.sampled_at) >= SAMPLE_EVERY {
+                self.sampled_at = now;
+                let metrics = &self.shared.metrics;
+                metrics
+                    .delivery_latency
+                    .observe(now.duration_since(t.into()).as_secs_f64());
+                metrics.queue_depth.observe(depth as f64);
+                self.app_metrics.last_delivery.set(now_ms() as f64 / 1000.0);
+            }
         }
         None
     }
