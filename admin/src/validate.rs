@@ -96,13 +96,15 @@ fn is_invisible(c: char) -> bool {
 }
 
 /// Device and group ids: 1..=64 of `[A-Za-z0-9._-]`, so they are safe in
-/// URLs, logs and SSE payloads without escaping.
+/// URLs, logs and SSE payloads without escaping; `.` and `..` are refused
+/// because clients normalise them out of URL paths (`/devices/..`).
 pub(crate) fn id(field: &str, raw: &str) -> Result<(), AdminError> {
     let ok_len = !raw.is_empty() && raw.len() <= MAX_ID_CHARS;
     let ok_chars = raw
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok_len && ok_chars {
+    let dot_segment = raw == "." || raw == "..";
+    if ok_len && ok_chars && !dot_segment {
         Ok(())
     } else {
         Err(AdminError::invalid(
@@ -193,10 +195,10 @@ mod tests {
 
     #[test]
     fn ids_are_restricted() {
-        for ok in ["a", "machine-1", "A.b_c-9", &"x".repeat(64)] {
+        for ok in ["a", "machine-1", "A.b_c-9", "...", ".a", &"x".repeat(64)] {
             assert!(id("id", ok).is_ok(), "{ok}");
         }
-        for bad in ["", "a b", "a/b", "ü", &"x".repeat(65)] {
+        for bad in ["", "a b", "a/b", "ü", ".", "..", &"x".repeat(65)] {
             assert!(id("id", bad).is_err(), "{bad}");
         }
     }
