@@ -77,19 +77,31 @@ fn pendings(payload: &Bytes, first_seq: u64) -> Vec<PendingEvent> {
         .collect()
 }
 
+/// A router with `subs` subscribers of one device, and that device's slot.
+fn one_device(
+    subs: usize,
+) -> (
+    Router,
+    Vec<Arc<Subscriber>>,
+    Arc<sensegate_broker::router::DeviceSlot>,
+) {
+    let router = Router::new(64, EventIds::with_epoch(1), RingConfig::default());
+    let device = DeviceKey::new("t", "machine-1");
+    let subscribers: Vec<Arc<Subscriber>> = (0..subs)
+        .map(|_| Arc::new(Subscriber::new(1024, true, true, true)))
+        .collect();
+    for s in &subscribers {
+        router.subscribe(s, [&device]);
+    }
+    let slot = router.slot_or_create(&device);
+    (router, subscribers, slot)
+}
+
 fn fan_out(c: &mut Criterion) {
     let payload = frame(1);
     let mut g = c.benchmark_group("router_publish_one_device");
     for subs in [1usize, 100, 10_000] {
-        let router = Router::new(64, EventIds::with_epoch(1), RingConfig::default());
-        let device = DeviceKey::new("t", "machine-1");
-        let subscribers: Vec<Arc<Subscriber>> = (0..subs)
-            .map(|_| Arc::new(Subscriber::new(1024, true, true, true)))
-            .collect();
-        for s in &subscribers {
-            router.subscribe(s, [&device]);
-        }
-        let slot = router.slot_or_create(&device);
+        let (router, subscribers, slot) = one_device(subs);
         let mut seq = 1;
         // Deliveries per iteration: BATCH events to every subscriber, and
         // every subscriber drains its queue (the consumer's pop is part of
@@ -160,15 +172,7 @@ fn fan_out_with_metrics(c: &mut Criterion) {
     let app = metrics.app("sgc_bench");
     let mut g = c.benchmark_group("router_publish_one_device_with_metrics");
     let subs = 100usize;
-    let router = Router::new(64, EventIds::with_epoch(1), RingConfig::default());
-    let device = DeviceKey::new("t", "machine-1");
-    let subscribers: Vec<Arc<Subscriber>> = (0..subs)
-        .map(|_| Arc::new(Subscriber::new(1024, true, true, true)))
-        .collect();
-    for s in &subscribers {
-        router.subscribe(s, [&device]);
-    }
-    let slot = router.slot_or_create(&device);
+    let (router, subscribers, slot) = one_device(subs);
     let mut seq = 1;
     let mut sampled_at = std::time::Instant::now();
     g.throughput(Throughput::Elements(BATCH * subs as u64));
