@@ -295,7 +295,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if args.demo {
         crate::demo::start(&admin, http_addr, &listener).await?;
     }
-    serve_until_signal(http, app, Some(&listener)).await
+    serve_until_signal(http, app, Some((&broker, &listener))).await
 }
 
 /// `sensegate broker`: the data plane, following a remote admin.
@@ -310,7 +310,7 @@ pub(crate) async fn run_broker(args: BrokerProcessArgs) -> anyhow::Result<()> {
     broker.follow_feed(args.admin_url.clone(), args.cluster_key.clone());
     let listener = start_ingest(&broker)?;
     println!("listening http={http_addr} quic={}", listener.addr);
-    serve_until_signal(http, broker.routes(), Some(&listener)).await
+    serve_until_signal(http, broker.routes(), Some((&broker, &listener))).await
 }
 
 /// `sensegate admin serve`: the control plane, serving the feed.
@@ -384,12 +384,15 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 async fn serve_until_signal(
     http: tokio::net::TcpListener,
     app: axum::Router,
-    listener: Option<&Listener>,
+    node: Option<(&Broker, &Listener)>,
 ) -> anyhow::Result<()> {
+    use sensegate_broker::conn::Rewound;
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use hyper_util::server::conn::auto;
     use hyper_util::service::TowerToHyperService;
 
+    // The broker serves plain HTTP/1.1 stream requests itself.
+    let streams = node.map(|(broker, _)| broker.stream_acceptor(HEADER_READ_TIMEOUT));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -431,17 +434,24 @@ async fn serve_until_signal(
                 req
             },
         ));
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let (builder, watcher, streams) = (builder.clone(), graceful.watcher(), streams.clone());
         tokio::spawn(async move {
-            let _ = conn.await;
+            let io = match streams {
+                Some(streams) => match streams.accept(stream).await {
+                    Some(io) => io,
+                    None => return drop(permit),
+                },
+                None => Rewound::from(stream),
+            };
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(io), service)
+                .into_owned();
+            let _ = watcher.watch(conn).await;
             drop(permit);
         });
     }
     info!("shutting down");
-    if let Some(l) = listener {
+    if let Some((_, l)) = node {
         l.close();
     }
     // Open streams never end by themselves: give requests in flight a moment.

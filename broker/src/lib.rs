@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod access;
+pub mod conn;
 pub mod event;
 pub mod feed;
 mod ingest;
@@ -229,6 +230,15 @@ impl Broker {
             cert_path: self.shared.cfg.data_dir.join("cert.pem"),
             endpoint,
         })
+    }
+
+    /// Serves HTTP/1.1 stream requests directly on new connections and
+    /// hands everything else back for hyper (see [`conn`]).
+    pub fn stream_acceptor(&self, head_timeout: Duration) -> conn::StreamAcceptor {
+        conn::StreamAcceptor {
+            shared: self.shared.clone(),
+            head_timeout,
+        }
     }
 
     /// The broker's HTTP surface: `/v1/stream/telemetry`, `/metrics`, `/healthz`.

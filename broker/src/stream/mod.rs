@@ -2,6 +2,7 @@
 //! Server-Sent Events ([`sse`]) or, on an upgrade request, WebSocket ([`ws`])
 //! over the same [`session::Session`] core.
 
+mod h1;
 mod session;
 mod sse;
 mod ws;
@@ -18,6 +19,7 @@ use serde::Deserialize;
 use crate::access::DeviceKey;
 use crate::token;
 use crate::{now_ms, Shared};
+pub(crate) use h1::serve as serve_h1;
 use session::{Opened, ResumeFrom};
 
 /// Query parameters of the stream endpoint.
@@ -166,93 +168,13 @@ pub(crate) async fn stream_telemetry(
     RawQuery(query): RawQuery,
     req: Request,
 ) -> Response {
-    let params: StreamParams = match serde_urlencoded::from_str(query.as_deref().unwrap_or("")) {
-        Ok(p) => p,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                &format!("bad query string: {e}"),
-            )
-        }
-    };
     let (mut parts, _body) = req.into_parts();
-    let headers = &parts.headers;
-    let token = match bearer(headers, &params) {
-        Bearer::Token(t) => t,
-        Bearer::Missing => {
-            shared.metrics.stream_refused("missing_token");
-            return unauthorized("a bearer access token is required");
-        }
-        Bearer::Both => {
-            shared.metrics.stream_refused("two_tokens");
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "send the access token in the Authorization header or the access_token parameter, not both",
-            );
-        }
+    let opened = match authorize(&shared, query.as_deref(), &parts.headers) {
+        Ok(opened) => opened,
+        Err(refusal) => return refusal,
     };
-    let table = shared.access.load_full();
-    let now = now_ms();
-    let (claims, app) = match token::verify(token, &shared.cfg.issuer, &table, now) {
-        Ok(ok) => ok,
-        Err(e) => {
-            shared.metrics.stream_refused(e.reason());
-            return unauthorized(&e.to_string());
-        }
-    };
-    let filter = match params.devices.as_deref() {
-        None => None,
-        Some(list) => {
-            let wanted: HashSet<DeviceKey> = list
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(|id| DeviceKey::new(&app.entry.tenant, id))
-                .collect();
-            if let Some(denied) = wanted.iter().find(|d| !app.devices.contains(*d)) {
-                shared.metrics.stream_refused("device_forbidden");
-                return error(
-                    StatusCode::FORBIDDEN,
-                    "forbidden_device",
-                    &format!("this application may not stream device {:?}", &*denied.id),
-                );
-            }
-            Some(wanted)
-        }
-    };
-    let (want_readings, want_anomalies) = match kinds(params.kinds.as_deref()) {
-        Ok(k) => k,
-        Err(why) => return error(StatusCode::BAD_REQUEST, "invalid_request", &why),
-    };
-    let Some(permit) = acquire(&shared, &claims.app) else {
-        shared.metrics.stream_refused("too_many_streams");
-        let mut r = error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_streams",
-            &format!(
-                "this application already has {} open streams",
-                shared.cfg.max_streams_per_app
-            ),
-        );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return r;
-    };
-    let opened = Opened {
-        devices: filter.clone().unwrap_or_else(|| app.devices.clone()),
-        filter,
-        include_anomalies: app.entry.include_anomalies,
-        want_readings,
-        want_anomalies,
-        resume: resume_from(headers, &params),
-        now_ms: now,
-        app_expires_at_ms: app.entry.expires_at_ms,
-        claims,
-        permit,
-    };
-    let upgrade = headers
+    let upgrade = parts
+        .headers
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
@@ -268,6 +190,92 @@ pub(crate) async fn stream_telemetry(
     } else {
         sse::respond(shared, opened)
     }
+}
+
+/// Everything a stream request must pass, whatever serves it: the query
+/// string, the bearer token, the device and kind filters and the
+/// per-application stream limit. `Err` is the response to send instead.
+pub(crate) fn authorize(
+    shared: &Arc<Shared>,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Opened, Response> {
+    let params: StreamParams = serde_urlencoded::from_str(query.unwrap_or("")).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            &format!("bad query string: {e}"),
+        )
+    })?;
+    let token = match bearer(headers, &params) {
+        Bearer::Token(t) => t,
+        Bearer::Missing => {
+            shared.metrics.stream_refused("missing_token");
+            return Err(unauthorized("a bearer access token is required"));
+        }
+        Bearer::Both => {
+            shared.metrics.stream_refused("two_tokens");
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "send the access token in the Authorization header or the access_token parameter, not both",
+            ));
+        }
+    };
+    let table = shared.access.load_full();
+    let now = now_ms();
+    let (claims, app) = token::verify(token, &shared.cfg.issuer, &table, now).map_err(|e| {
+        shared.metrics.stream_refused(e.reason());
+        unauthorized(&e.to_string())
+    })?;
+    let filter = match params.devices.as_deref() {
+        None => None,
+        Some(list) => {
+            let wanted: HashSet<DeviceKey> = list
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|id| DeviceKey::new(&app.entry.tenant, id))
+                .collect();
+            if let Some(denied) = wanted.iter().find(|d| !app.devices.contains(*d)) {
+                shared.metrics.stream_refused("device_forbidden");
+                return Err(error(
+                    StatusCode::FORBIDDEN,
+                    "forbidden_device",
+                    &format!("this application may not stream device {:?}", &*denied.id),
+                ));
+            }
+            Some(wanted)
+        }
+    };
+    let (want_readings, want_anomalies) = kinds(params.kinds.as_deref())
+        .map_err(|why| error(StatusCode::BAD_REQUEST, "invalid_request", &why))?;
+    let Some(permit) = acquire(shared, &claims.app) else {
+        shared.metrics.stream_refused("too_many_streams");
+        let mut r = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_streams",
+            &format!(
+                "this application already has {} open streams",
+                shared.cfg.max_streams_per_app
+            ),
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return Err(r);
+    };
+    Ok(Opened {
+        devices: filter.clone().unwrap_or_else(|| app.devices.clone()),
+        filter,
+        include_anomalies: app.entry.include_anomalies,
+        want_readings,
+        want_anomalies,
+        resume: resume_from(headers, &params),
+        now_ms: now,
+        app_expires_at_ms: app.entry.expires_at_ms,
+        claims,
+        permit,
+    })
 }
 
 #[cfg(test)]

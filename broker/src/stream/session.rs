@@ -212,6 +212,11 @@ impl Session {
         }
     }
 
+    /// Whether nothing is waiting to be sent.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.pending.is_empty() && self.sub.is_empty()
+    }
+
     /// Waits for something to say, then moves it into `out`. Returns
     /// `Some(end)` once the stream is over (its final items are in `out`);
     /// every later call returns the same.

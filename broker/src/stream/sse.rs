@@ -15,7 +15,7 @@ use crate::Shared;
 /// The first bytes of every stream, sent at once so proxies and clients see
 /// the stream is open even if no device is talking. `retry:` tells
 /// EventSource how soon to reconnect.
-const PREAMBLE: &[u8] = b": connected\nretry: 2000\n\n";
+pub(super) const PREAMBLE: &[u8] = b": connected\nretry: 2000\n\n";
 
 struct Egress {
     session: Session,

@@ -1,0 +1,184 @@
+//! Server-Sent Events written straight to the socket, for HTTP/1.1
+//! connections whose first request is a stream (see [`crate::conn`]).
+//!
+//! Why not through hyper: a body chunk there is a buffer the stream fills by
+//! copying every record into it, and every connection keeps hyper's read
+//! and write buffers (≥ 8 KiB each) for as long as it is open. Here one
+//! `writev` per batch gathers the shared, pre-rendered records of up to
+//! [`MAX_BATCH`](super::session::MAX_BATCH) events with no copy, framed as
+//! one HTTP chunk, and an idle stream holds no buffer at all.
+
+use std::io::{self, IoSlice, Write as _};
+use std::sync::Arc;
+
+use axum::http::{header, HeaderMap};
+use axum::response::Response;
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::session::{Item, Session};
+use super::sse::{write_item, PREAMBLE};
+use crate::conn::StreamHead;
+use crate::Shared;
+
+/// Most bytes of an error response body the broker sends.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// A batch vector grown past this is given back while the stream is idle.
+const KEEP_ITEMS: usize = 16;
+
+/// Serves one stream request to its end.
+pub(crate) async fn serve(shared: Arc<Shared>, mut tcp: TcpStream, head: StreamHead) {
+    let opened = match super::authorize(&shared, head.query.as_deref(), &head.headers) {
+        Ok(opened) => opened,
+        Err(refusal) => {
+            let _ = refuse(&mut tcp, refusal).await;
+            return;
+        }
+    };
+    drop(head);
+    let heartbeat = shared.cfg.heartbeat;
+    let mut session = Session::open(shared, opened, "sse");
+    let mut out = Vec::with_capacity(256);
+    // `connection: close`: the stream is this connection's last request,
+    // so a client must not pool it once the stream ends.
+    out.extend_from_slice(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
+          x-accel-buffering: no\r\ntransfer-encoding: chunked\r\nconnection: close\r\ndate: ",
+    );
+    out.extend_from_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
+    out.extend_from_slice(b"\r\n\r\n");
+    let _ = write!(out, "{:x}\r\n", PREAMBLE.len());
+    out.extend_from_slice(PREAMBLE);
+    out.extend_from_slice(b"\r\n");
+    if tcp.write_all(&out).await.is_err() {
+        return;
+    }
+    drop(out);
+    let mut items = Vec::new();
+    let mut scratch = BytesMut::new();
+    loop {
+        let end = tokio::select! {
+            end = session.next_batch(&mut items, Some(heartbeat)) => end,
+            () = client_gone(&tcp) => return,
+        };
+        if write_batch(&mut tcp, &items, &mut scratch).await.is_err() {
+            return;
+        }
+        items.clear();
+        if end.is_some() {
+            // The last chunk: the response ends cleanly, then the connection.
+            let _ = tcp.write_all(b"0\r\n\r\n").await;
+            let _ = tcp.shutdown().await;
+            return;
+        }
+        if items.capacity() > KEEP_ITEMS && session.is_idle() {
+            items = Vec::new();
+        }
+    }
+}
+
+/// Resolves when the client closed its side (or the socket failed). Bytes a
+/// client sends after its request are read and ignored.
+async fn client_gone(tcp: &TcpStream) {
+    let mut sink = [0u8; 64];
+    loop {
+        if tcp.readable().await.is_err() {
+            return;
+        }
+        match tcp.try_read(&mut sink) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Writes `items` as one HTTP chunk with one `writev` (more only if the
+/// socket takes part of it). Events are written from their shared record;
+/// only control items are rendered, into `scratch`.
+async fn write_batch(tcp: &mut TcpStream, items: &[Item], scratch: &mut BytesMut) -> io::Result<()> {
+    scratch.clear();
+    let mut spans = Vec::new();
+    let mut len = 0;
+    for item in items {
+        match item {
+            Item::Event(ev) => len += ev.sse.len(),
+            other => {
+                let start = scratch.len();
+                write_item(scratch, other);
+                spans.push(start..scratch.len());
+            }
+        }
+    }
+    len += scratch.len();
+    if len == 0 {
+        return Ok(());
+    }
+    let mut size = [0u8; 20];
+    let size_len = {
+        let mut cursor = &mut size[..];
+        write!(cursor, "{len:x}\r\n")?;
+        20 - cursor.len()
+    };
+    let mut spans = spans.into_iter();
+    let mut slices = Vec::with_capacity(items.len() + 2);
+    slices.push(IoSlice::new(&size[..size_len]));
+    for item in items {
+        slices.push(IoSlice::new(match item {
+            Item::Event(ev) => &ev.sse,
+            _ => &scratch[spans.next().unwrap_or_default()],
+        }));
+    }
+    slices.push(IoSlice::new(b"\r\n"));
+    let mut slices = &mut slices[..];
+    while !slices.is_empty() {
+        let n = tcp.write_vectored(slices).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut slices, n);
+    }
+    Ok(())
+}
+
+/// Sends a refusal (401, 403, 429, …) as built by the router's handler,
+/// then closes the connection.
+async fn refuse(tcp: &mut TcpStream, refusal: Response) -> io::Result<()> {
+    let (parts, body) = refusal.into_parts();
+    let body = axum::body::to_bytes(body, MAX_ERROR_BODY)
+        .await
+        .unwrap_or_default();
+    let mut out = Vec::with_capacity(256 + body.len());
+    write!(
+        out,
+        "HTTP/1.1 {} {}\r\n",
+        parts.status.as_u16(),
+        parts.status.canonical_reason().unwrap_or("")
+    )?;
+    write_headers(&mut out, &parts.headers);
+    write!(
+        out,
+        "content-length: {}\r\nconnection: close\r\ndate: {}\r\n\r\n",
+        body.len(),
+        httpdate::fmt_http_date(std::time::SystemTime::now())
+    )?;
+    out.extend_from_slice(&body);
+    tcp.write_all(&out).await?;
+    tcp.shutdown().await
+}
+
+fn write_headers(out: &mut Vec<u8>, headers: &HeaderMap) {
+    for (name, value) in headers {
+        // Framing is this function's caller's to say.
+        if name == header::CONTENT_LENGTH || name == header::CONNECTION {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
