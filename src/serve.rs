@@ -386,10 +386,10 @@ async fn serve_until_signal(
     app: axum::Router,
     node: Option<(&Broker, &Listener)>,
 ) -> anyhow::Result<()> {
-    use sensegate_broker::conn::Rewound;
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use hyper_util::server::conn::auto;
     use hyper_util::service::TowerToHyperService;
+    use sensegate_broker::conn::Rewound;
 
     // The broker serves plain HTTP/1.1 stream requests itself.
     let streams = node.map(|(broker, _)| broker.stream_acceptor(HEADER_READ_TIMEOUT));

@@ -237,7 +237,10 @@ mod tests {
         // Waits for the rest of a stream request's head.
         assert_eq!(kind(""), "incomplete");
         assert_eq!(kind("GET /v1/str"), "incomplete");
-        assert_eq!(kind("GET /v1/stream/telemetry HTTP/1.1\r\nHost: x\r\n"), "incomplete");
+        assert_eq!(
+            kind("GET /v1/stream/telemetry HTTP/1.1\r\nHost: x\r\n"),
+            "incomplete"
+        );
         // Left to hyper and the router.
         assert_eq!(kind("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), "other");
         assert_eq!(kind("GET /v1/stream/telemetry HTTP/1.0\r\n\r\n"), "other");
@@ -252,7 +255,10 @@ mod tests {
             assert_eq!(kind(&req), "other", "{routed}");
         }
         assert_eq!(kind("\u{0}\u{1}garbage\r\n\r\n"), "other");
-        let huge = format!("GET /v1/stream/telemetry HTTP/1.1\r\nX: {}", "a".repeat(MAX_HEAD));
+        let huge = format!(
+            "GET /v1/stream/telemetry HTTP/1.1\r\nX: {}",
+            "a".repeat(MAX_HEAD)
+        );
         assert_eq!(kind(&huge), "other");
     }
 

@@ -33,7 +33,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut tcp: TcpStream, head: StreamH
     let opened = match super::authorize(&shared, head.query.as_deref(), &head.headers) {
         Ok(opened) => opened,
         Err(refusal) => {
-            let _ = refuse(&mut tcp, refusal).await;
+            let _ = refuse(&mut tcp, *refusal).await;
             return;
         }
     };
@@ -99,7 +99,11 @@ async fn client_gone(tcp: &TcpStream) {
 /// Writes `items` as one HTTP chunk with one `writev` (more only if the
 /// socket takes part of it). Events are written from their shared record;
 /// only control items are rendered, into `scratch`.
-async fn write_batch(tcp: &mut TcpStream, items: &[Item], scratch: &mut BytesMut) -> io::Result<()> {
+async fn write_batch(
+    tcp: &mut TcpStream,
+    items: &[Item],
+    scratch: &mut BytesMut,
+) -> io::Result<()> {
     scratch.clear();
     let mut spans = Vec::new();
     let mut len = 0;

@@ -171,7 +171,7 @@ pub(crate) async fn stream_telemetry(
     let (mut parts, _body) = req.into_parts();
     let opened = match authorize(&shared, query.as_deref(), &parts.headers) {
         Ok(opened) => opened,
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     };
     let upgrade = parts
         .headers
@@ -199,34 +199,34 @@ pub(crate) fn authorize(
     shared: &Arc<Shared>,
     query: Option<&str>,
     headers: &HeaderMap,
-) -> Result<Opened, Response> {
+) -> Result<Opened, Box<Response>> {
     let params: StreamParams = serde_urlencoded::from_str(query.unwrap_or("")).map_err(|e| {
-        error(
+        Box::new(error(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             &format!("bad query string: {e}"),
-        )
+        ))
     })?;
     let token = match bearer(headers, &params) {
         Bearer::Token(t) => t,
         Bearer::Missing => {
             shared.metrics.stream_refused("missing_token");
-            return Err(unauthorized("a bearer access token is required"));
+            return Err(Box::new(unauthorized("a bearer access token is required")));
         }
         Bearer::Both => {
             shared.metrics.stream_refused("two_tokens");
-            return Err(error(
+            return Err(Box::new(error(
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
                 "send the access token in the Authorization header or the access_token parameter, not both",
-            ));
+            )));
         }
     };
     let table = shared.access.load_full();
     let now = now_ms();
     let (claims, app) = token::verify(token, &shared.cfg.issuer, &table, now).map_err(|e| {
         shared.metrics.stream_refused(e.reason());
-        unauthorized(&e.to_string())
+        Box::new(unauthorized(&e.to_string()))
     })?;
     let filter = match params.devices.as_deref() {
         None => None,
@@ -239,17 +239,17 @@ pub(crate) fn authorize(
                 .collect();
             if let Some(denied) = wanted.iter().find(|d| !app.devices.contains(*d)) {
                 shared.metrics.stream_refused("device_forbidden");
-                return Err(error(
+                return Err(Box::new(error(
                     StatusCode::FORBIDDEN,
                     "forbidden_device",
                     &format!("this application may not stream device {:?}", &*denied.id),
-                ));
+                )));
             }
             Some(wanted)
         }
     };
     let (want_readings, want_anomalies) = kinds(params.kinds.as_deref())
-        .map_err(|why| error(StatusCode::BAD_REQUEST, "invalid_request", &why))?;
+        .map_err(|why| Box::new(error(StatusCode::BAD_REQUEST, "invalid_request", &why)))?;
     let Some(permit) = acquire(shared, &claims.app) else {
         shared.metrics.stream_refused("too_many_streams");
         let mut r = error(
@@ -262,7 +262,7 @@ pub(crate) fn authorize(
         );
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return Err(r);
+        return Err(Box::new(r));
     };
     Ok(Opened {
         devices: filter.clone().unwrap_or_else(|| app.devices.clone()),
