@@ -60,6 +60,18 @@ pub struct AdminConfig {
     /// On first start, the admin key to create (from
     /// `SENSEGATE_BOOTSTRAP_ADMIN_KEY`); a random one is generated if `None`.
     pub bootstrap_admin_key: Option<String>,
+    /// How often to check whether another process sharing the database
+    /// changed it (`feed_state.version` ahead of what this process
+    /// published) and, if so, rebuild and republish the snapshot and the
+    /// token endpoint's view. [`AdminConfig::DEFAULT_FEED_POLL`] by default;
+    /// zero turns the poll off (for a process that serves no tokens and no
+    /// broker, such as the CLI).
+    pub feed_poll: Duration,
+}
+
+impl AdminConfig {
+    /// The default of [`AdminConfig::feed_poll`]: one second.
+    pub const DEFAULT_FEED_POLL: Duration = Duration::from_secs(1);
 }
 
 /// The control plane. Cheap to clone: every clone shares one state.
@@ -78,11 +90,18 @@ struct Inner {
     /// Serialises "change, commit, build snapshot, install" so snapshots are
     /// installed in version order. Held across `.await` (it is async).
     feed: tokio::sync::Mutex<()>,
-    /// Key ids in the last installed snapshot: a signing key made by another
-    /// process (the CLI) is published before the first token it signs.
-    published_kids: parking_lot::Mutex<Vec<String>>,
+    /// What the token endpoint reads per request (clients and the active
+    /// signing key), built with the last installed snapshot; read without
+    /// a lock.
+    view: arc_swap::ArcSwap<feed::TokenView>,
+    /// Version of the last snapshot installed into `sink`: the feed poll
+    /// republishes when the database is ahead of it.
+    published_version: std::sync::atomic::AtomicU64,
+    /// The feed poll task, stopped when the admin is dropped.
+    poll: parking_lot::Mutex<Option<tokio::task::AbortHandle>>,
     limiter: limiter::Limiter,
-    signer: keys::SignerCache,
+    /// Writes token requests' audit rows in batches.
+    audit: audit::Writer,
     /// Set once the composing binary registers metrics.
     metrics: std::sync::OnceLock<metrics::AdminMetrics>,
 }
@@ -129,6 +148,7 @@ impl Admin {
             ));
         }
         let pool = db::connect(&cfg.database_url).await?;
+        let audit = audit::Writer::start(&cfg.database_url).await?;
         let admin = Admin {
             inner: Arc::new(Inner {
                 pool,
@@ -136,13 +156,16 @@ impl Admin {
                 cfg,
                 sink,
                 feed: tokio::sync::Mutex::new(()),
-                published_kids: parking_lot::Mutex::new(Vec::new()),
+                view: arc_swap::ArcSwap::from_pointee(feed::TokenView::default()),
+                published_version: std::sync::atomic::AtomicU64::new(0),
+                poll: parking_lot::Mutex::new(None),
                 limiter: limiter::Limiter::default(),
-                signer: keys::SignerCache::default(),
+                audit,
                 metrics: std::sync::OnceLock::new(),
             }),
         };
         let generated = admin.bootstrap().await?;
+        admin.start_feed_poll();
         Ok((admin, generated))
     }
 
@@ -162,6 +185,14 @@ impl Admin {
     pub async fn ping(&self) -> Result<(), AdminError> {
         sqlx::query("SELECT 1").execute(&self.inner.pool).await?;
         Ok(())
+    }
+
+    /// Waits until every audit entry of a token request answered so far is
+    /// in the database (they are written in batches, in the background).
+    /// Audit reads do this themselves; dropping the last clone of the admin
+    /// writes whatever is pending too.
+    pub async fn flush_audit(&self) -> Result<(), AdminError> {
+        self.inner.audit.flush().await
     }
 
     /// The full current permission snapshot, read from the database.
@@ -192,6 +223,14 @@ impl Admin {
 
     fn ttl_ms(&self) -> i64 {
         i64::try_from(self.inner.cfg.token_ttl.as_millis()).unwrap_or(i64::MAX)
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(poll) = self.poll.get_mut().take() {
+            poll.abort();
+        }
     }
 }
 
