@@ -4,6 +4,11 @@
 //! Full snapshots (not deltas) keep the in-process feed trivially correct:
 //! the broker swaps tables atomically, and admin changes are rare next to
 //! data-plane traffic.
+//!
+//! The same read also yields the token endpoint's [`TokenView`] (clients by
+//! Client ID, the active signing key), swapped in after the snapshot is
+//! installed. Changes made by another process on the same database are
+//! picked up by a poll of the feed version ([`Admin::catch_up`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
@@ -86,6 +91,12 @@ impl Admin {
         let previous = self.inner.view.load_full();
         let signer = match active_key {
             None => None,
+            // Never sign with a key the snapshot does not carry (it always
+            // does: both come from one consistent read).
+            Some((kid, _)) if !snapshot.verification_keys.iter().any(|k| k.kid == kid) => {
+                tracing::error!(%kid, "active signing key missing from the snapshot");
+                previous.signer.clone()
+            }
             Some((kid, _)) if previous.signer.as_ref().is_some_and(|s| s.kid == kid) => {
                 previous.signer.clone()
             }
@@ -217,7 +228,17 @@ pub(crate) async fn build_all(
     now_ms: i64,
     ttl_ms: i64,
 ) -> Result<Built, AdminError> {
+    let postgres = conn.backend_name().eq_ignore_ascii_case("postgresql");
     let mut tx = sqlx::Connection::begin(conn).await?;
+    if postgres {
+        // One consistent view for every statement below (READ COMMITTED
+        // would let another process's commit land between them, e.g. a
+        // rotation between the verification keys and the active key).
+        // SQLite's read transaction is a consistent snapshot already.
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            .execute(&mut *tx)
+            .await?;
+    }
     let version = current_version(&mut tx).await?;
     let verification_keys = crate::keys::verification_keys(&mut tx, now_ms, ttl_ms)
         .await?

@@ -13,6 +13,11 @@
 //! - Secrets (client secrets, device ingest keys, admin keys) carry 256 bits
 //!   from the OS CSPRNG, are shown once, stored as SHA-256 only, compared in
 //!   constant time and never logged.
+//! - The token endpoint reads no SQL: it uses an in-memory view of the
+//!   clients and the active signing key built with each installed snapshot
+//!   (so it signs only with keys the broker knows); another process's
+//!   changes arrive by polling the feed version. Its audit entries are
+//!   written in batches by a background writer that audit reads flush.
 //! - Every API call is scoped to the tenant of the admin key that made it.
 //! - The schema is portable: the same SQL runs on SQLite and PostgreSQL
 //!   through sqlx's `Any` driver.
@@ -108,8 +113,8 @@ struct Inner {
 
 /// An [`AccessSink`] that drops every snapshot: for a process that changes
 /// the database without serving the data plane (the `sensegate admin …`
-/// CLI). A running server picks such changes up on its next snapshot, and
-/// publishes a signing key made elsewhere before signing with it.
+/// CLI). A running server picks such changes up within its feed poll
+/// ([`AdminConfig::feed_poll`]), and signs only with keys it has published.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DiscardSink;
 
