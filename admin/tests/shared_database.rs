@@ -138,8 +138,17 @@ async fn changes_in_one_admin_reach_the_other(h: &Harness) {
         || async { h.token(&cid, &secret).await.status == StatusCode::OK },
     )
     .await;
+    // Dropping B stops its poll: nothing keeps B alive, nothing more is
+    // installed into its broker.
     drop(b_http);
     drop(b);
+    // (A poll in progress may hold B a moment longer.)
+    within_poll("B dropped", || async { Arc::strong_count(&b_sink) == 1 }).await;
+    let installed = b_sink.snapshots.lock().len();
+    h.action(&format!("/api/v1/applications/{id}/disable"))
+        .await;
+    tokio::time::sleep(POLL * 3).await;
+    assert_eq!(b_sink.snapshots.lock().len(), installed);
 }
 
 async fn token_audit_entries_are_all_written(h: &Harness) {
