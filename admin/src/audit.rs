@@ -265,6 +265,9 @@ const ROWS_PER_INSERT: usize = 500;
 /// millisecond under load, at the price of up to about a millisecond more
 /// before an audit read's flush is answered.
 const LINGER: Duration = Duration::from_millis(1);
+/// How long a request waits for room in the queue, or an audit read for
+/// the queue to be written, before it fails.
+const STALL: Duration = Duration::from_secs(10);
 /// Attempts at a batch once the writer is closing (while running, it
 /// retries until the database answers).
 const CLOSING_ATTEMPTS: u32 = 5;
@@ -324,22 +327,31 @@ impl Writer {
         })
     }
 
-    /// Queues `r`, waiting while the queue is full.
+    /// Queues `r`, waiting while the queue is full — at most [`STALL`]:
+    /// then the database has been failing for a while, and the caller
+    /// fails (a token request answers `server_error` and issues nothing).
     pub(crate) async fn record(&self, r: Record) -> Result<(), AdminError> {
-        self.sender()?
-            .send(Msg::Record(r))
-            .await
-            .map_err(|_| stopped())
+        let send = self.sender()?.send(Msg::Record(r));
+        match tokio::time::timeout(STALL, send).await {
+            Ok(sent) => sent.map_err(|_| stopped()),
+            Err(_) => Err(stalled()),
+        }
     }
 
-    /// Waits until every record queued before this call is written.
+    /// Waits until every record queued before this call is written (at
+    /// most [`STALL`]).
     pub(crate) async fn flush(&self) -> Result<(), AdminError> {
         let (done_tx, done_rx) = oneshot::channel();
-        self.sender()?
-            .send(Msg::Flush(done_tx))
+        let flushed = async {
+            self.sender()?
+                .send(Msg::Flush(done_tx))
+                .await
+                .map_err(|_| stopped())?;
+            done_rx.await.map_err(|_| stopped())
+        };
+        tokio::time::timeout(STALL, flushed)
             .await
-            .map_err(|_| stopped())?;
-        done_rx.await.map_err(|_| stopped())
+            .unwrap_or_else(|_| Err(stalled()))
     }
 
     fn sender(&self) -> Result<&mpsc::Sender<Msg>, AdminError> {
@@ -361,6 +373,10 @@ impl Drop for Writer {
 
 fn stopped() -> AdminError {
     AdminError::Audit("writer stopped".into())
+}
+
+fn stalled() -> AdminError {
+    AdminError::Audit("writer stalled: the database is not taking entries".into())
 }
 
 /// The writer loop: takes whatever is queued (up to [`BATCH`]), writes it
