@@ -99,6 +99,8 @@ async fn open(db: &DbArgs) -> anyhow::Result<Admin> {
             issuer: "sensegate-cli".into(),
             token_ttl: Duration::from_secs(db.token.token_ttl),
             bootstrap_admin_key: std::env::var("SENSEGATE_BOOTSTRAP_ADMIN_KEY").ok(),
+            // The CLI serves no tokens and feeds no broker: nothing to poll.
+            feed_poll: Duration::ZERO,
         },
         Arc::new(DiscardSink),
     )

@@ -243,6 +243,7 @@ async fn open_admin(
             issuer,
             token_ttl: Duration::from_secs(token.token_ttl),
             bootstrap_admin_key: std::env::var("SENSEGATE_BOOTSTRAP_ADMIN_KEY").ok(),
+            feed_poll: AdminConfig::DEFAULT_FEED_POLL,
         },
         sink,
     )

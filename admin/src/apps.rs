@@ -80,7 +80,8 @@ pub(crate) struct AppPatch {
     pub(crate) groups: Option<Vec<String>>,
 }
 
-/// What the token endpoint needs to know about a client.
+/// What the token endpoint needs to know about a client (kept in memory,
+/// see `feed::TokenView`).
 pub(crate) struct Client {
     pub(crate) tenant: String,
     pub(crate) id: String,
@@ -89,6 +90,9 @@ pub(crate) struct Client {
     pub(crate) expires_at_ms: i64,
     pub(crate) include_anomalies: bool,
     pub(crate) secret_generation: u64,
+    /// The devices it sees now: direct ones plus current group members,
+    /// sorted (the token's informational `devices` claim).
+    pub(crate) devices: Vec<String>,
 }
 
 const NAME_TAKEN: &str = "an application with this name already exists";
@@ -344,49 +348,5 @@ impl Admin {
         let v = fetch(change.conn(), &caller.tenant, id, now).await?;
         change.commit().await?;
         Ok(v)
-    }
-
-    /// The client behind `client_id`, for the token endpoint.
-    pub(crate) async fn client(&self, client_id: &str) -> Result<Option<Client>, AdminError> {
-        let mut conn = self.inner.pool.acquire().await?;
-        let Some(r) = sqlx::query(
-            "SELECT tenant_id, id, secret_sha256, enabled, expires_at, include_anomalies, \
-             secret_generation FROM applications WHERE client_id = $1",
-        )
-        .bind(client_id)
-        .fetch_optional(&mut *conn)
-        .await?
-        else {
-            return Ok(None);
-        };
-        Ok(Some(Client {
-            tenant: r.try_get("tenant_id")?,
-            id: r.try_get("id")?,
-            secret_sha256: r.try_get("secret_sha256")?,
-            enabled: flag(&r, "enabled")?,
-            expires_at_ms: r.try_get("expires_at")?,
-            include_anomalies: flag(&r, "include_anomalies")?,
-            secret_generation: u64::try_from(r.try_get::<i64, _>("secret_generation")?)
-                .unwrap_or(0),
-        }))
-    }
-
-    /// The devices an application sees now: direct ones plus current group
-    /// members, sorted.
-    pub(crate) async fn resolved_devices(&self, app: &str) -> Result<Vec<String>, AdminError> {
-        let mut conn = self.inner.pool.acquire().await?;
-        let rows = sqlx::query(
-            "SELECT device_id FROM application_devices WHERE app_id = $1 \
-             UNION SELECT m.device_id FROM application_groups g JOIN group_members m \
-             ON m.tenant_id = g.tenant_id AND m.group_id = g.group_id WHERE g.app_id = $2 \
-             ORDER BY 1",
-        )
-        .bind(app)
-        .bind(app)
-        .fetch_all(&mut *conn)
-        .await?;
-        rows.iter()
-            .map(|r| Ok(r.try_get::<String, _>(0)?))
-            .collect()
     }
 }

@@ -19,13 +19,21 @@ const SQLITE_POOL: u32 = 4;
 /// Connections for PostgreSQL: admin traffic is light.
 const PG_POOL: u32 = 8;
 
-/// Opens the pool and applies pending migrations.
 /// Whether `url` names a SQLite database.
 pub(crate) fn is_sqlite(url: &str) -> bool {
     url.starts_with("sqlite:")
 }
 
+/// Opens the pool and applies pending migrations.
 pub(crate) async fn connect(url: &str) -> Result<AnyPool, AdminError> {
+    let pool = open(url, None).await?;
+    MIGRATOR.run(&pool).await?;
+    Ok(pool)
+}
+
+/// Opens a pool of at most `max` connections (the default for the backend
+/// if `None`), without migrating.
+pub(crate) async fn open(url: &str, max: Option<u32>) -> Result<AnyPool, AdminError> {
     sqlx::any::install_default_drivers();
     let is_sqlite = is_sqlite(url);
     let url = if is_sqlite {
@@ -36,17 +44,17 @@ pub(crate) async fn connect(url: &str) -> Result<AnyPool, AdminError> {
     let opts = AnyConnectOptions::from_str(&url)
         .map_err(|e| AdminError::Config(format!("database URL: {e}")))?;
     let pool = AnyPoolOptions::new()
-        .max_connections(if is_sqlite { SQLITE_POOL } else { PG_POOL })
+        .max_connections(max.unwrap_or(if is_sqlite { SQLITE_POOL } else { PG_POOL }))
         .after_connect(|conn, _meta| {
             Box::pin(async move {
                 if conn.backend_name().eq_ignore_ascii_case("sqlite") {
-                    // WAL lets readers (token requests, lists) run beside the
+                    // WAL lets readers (lists, feed builds) run beside the
                     // writer; foreign keys enforce cascades; busy_timeout
                     // waits out another writer instead of failing.
                     // synchronous = NORMAL is WAL's recommended setting: a
                     // commit survives a process crash, and only a power loss
                     // can drop the last commits; it spares an fsync per
-                    // commit (one per issued token, for its audit row).
+                    // commit (one per batch of token requests' audit rows).
                     conn.execute(
                         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
                          PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
@@ -58,7 +66,6 @@ pub(crate) async fn connect(url: &str) -> Result<AnyPool, AdminError> {
         })
         .connect_with(opts)
         .await?;
-    MIGRATOR.run(&pool).await?;
     Ok(pool)
 }
 

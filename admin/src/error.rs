@@ -35,6 +35,10 @@ pub enum AdminError {
     /// A stored signing key is unusable, or signing failed.
     #[error("signing key: {0}")]
     Signing(String),
+    /// The background audit writer is gone (it stops only when the admin
+    /// is dropped).
+    #[error("audit log: {0}")]
+    Audit(String),
 }
 
 impl AdminError {

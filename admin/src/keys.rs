@@ -9,22 +9,15 @@
 //! Private keys live in the database (PKCS#8, base64): whoever can read the
 //! database can already mint credentials, so it is the trust root anyway.
 
-use std::sync::Arc;
-
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
-use ed25519_dalek::pkcs8::EncodePrivateKey as _;
+use ed25519_dalek::pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _};
 use ed25519_dalek::SigningKey;
 use sha2::{Digest as _, Sha256};
 use sqlx::{AnyConnection, Row};
 
 use crate::error::AdminError;
 use crate::Admin;
-
-/// The parsed active signing key, cached by kid so a token request does not
-/// re-parse PKCS#8 each time.
-#[derive(Default)]
-pub(crate) struct SignerCache(parking_lot::Mutex<Option<(String, Arc<jsonwebtoken::EncodingKey>)>>);
 
 /// The RFC 7638 thumbprint of an Ed25519 JWK with public key `x`.
 fn thumbprint(x: &str) -> String {
@@ -85,6 +78,54 @@ pub(crate) async fn verification_keys(
         .collect()
 }
 
+/// The active signing key, parsed once (the feed keeps it in the token
+/// endpoint's view), with its encoded JWT header.
+///
+/// Signs exactly as `jsonwebtoken::encode` with an EdDSA header carrying
+/// the kid would (Ed25519 signatures are deterministic: the output is
+/// byte-identical), without re-parsing PKCS#8 and re-deriving the public
+/// key for every token as that function does.
+pub(crate) struct Signer {
+    pub(crate) kid: String,
+    key: SigningKey,
+    /// `base64url(JSON header) "."`.
+    header_b64: String,
+}
+
+impl Signer {
+    /// Parses a stored private key (base64 PKCS#8 DER).
+    pub(crate) fn decode(kid: String, pkcs8_b64: &str) -> Result<Signer, AdminError> {
+        let der = STANDARD
+            .decode(pkcs8_b64)
+            .map_err(|e| AdminError::Signing(e.to_string()))?;
+        let key =
+            SigningKey::from_pkcs8_der(&der).map_err(|e| AdminError::Signing(e.to_string()))?;
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+        header.kid = Some(kid.clone());
+        let json = serde_json::to_vec(&header).map_err(|e| AdminError::Signing(e.to_string()))?;
+        let mut header_b64 = URL_SAFE_NO_PAD.encode(json);
+        header_b64.push('.');
+        Ok(Signer {
+            kid,
+            key,
+            header_b64,
+        })
+    }
+
+    /// The compact JWS of `claims`.
+    pub(crate) fn sign<T: serde::Serialize>(&self, claims: &T) -> Result<String, AdminError> {
+        use ed25519_dalek::Signer as _;
+        let json = serde_json::to_vec(claims).map_err(|e| AdminError::Signing(e.to_string()))?;
+        let mut out = String::with_capacity(self.header_b64.len() + json.len() * 4 / 3 + 90);
+        out.push_str(&self.header_b64);
+        URL_SAFE_NO_PAD.encode_string(json, &mut out);
+        let signature = self.key.sign(out.as_bytes());
+        out.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature.to_bytes(), &mut out);
+        Ok(out)
+    }
+}
+
 impl Admin {
     /// Rotates the token signing key: new tokens carry the new `kid`; the
     /// previous key keeps verifying until the tokens it signed expire (one
@@ -113,39 +154,6 @@ impl Admin {
         Ok(kid)
     }
 
-    /// The active signing key (newest, unretired), published to the broker
-    /// first if another process created it.
-    pub(crate) async fn signer(
-        &self,
-    ) -> Result<(String, Arc<jsonwebtoken::EncodingKey>), AdminError> {
-        let row = {
-            let mut conn = self.inner.pool.acquire().await?;
-            sqlx::query(
-                "SELECT kid, private_pkcs8 FROM signing_keys WHERE retired_at IS NULL \
-                 ORDER BY created_at DESC, kid LIMIT 1",
-            )
-            .fetch_optional(&mut *conn)
-            .await?
-        };
-        let row = row.ok_or_else(|| AdminError::Signing("no active signing key".into()))?;
-        let kid: String = row.try_get("kid")?;
-        if !self.is_published(&kid) {
-            self.republish().await?;
-        }
-        let mut cache = self.inner.signer.0.lock();
-        if let Some((cached, key)) = cache.as_ref() {
-            if *cached == kid {
-                return Ok((kid, key.clone()));
-            }
-        }
-        let der = STANDARD
-            .decode(row.try_get::<String, _>("private_pkcs8")?)
-            .map_err(|e| AdminError::Signing(e.to_string()))?;
-        let key = Arc::new(jsonwebtoken::EncodingKey::from_ed_der(&der));
-        *cache = Some((kid.clone(), key.clone()));
-        Ok((kid, key))
-    }
-
     /// The JWKS document: every key that may have signed a valid token.
     pub(crate) async fn jwks(&self) -> Result<serde_json::Value, AdminError> {
         let mut conn = self.inner.pool.acquire().await?;
@@ -166,6 +174,25 @@ impl Admin {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The cached signer produces exactly what `jsonwebtoken::encode` does.
+    #[test]
+    fn signer_matches_jsonwebtoken() {
+        let key = SigningKey::generate(&mut rand::rngs::OsRng);
+        let der = key.to_pkcs8_der().unwrap();
+        let signer = Signer::decode("kid-1".into(), &STANDARD.encode(der.as_bytes())).unwrap();
+        let claims =
+            serde_json::json!({"sub": "sgc_x", "exp": 2_000_000_000i64, "devices": ["a", "é"]});
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+        header.kid = Some("kid-1".into());
+        let want = jsonwebtoken::encode(
+            &header,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_ed_der(der.as_bytes()),
+        )
+        .unwrap();
+        assert_eq!(signer.sign(&claims).unwrap(), want);
+    }
 
     #[test]
     fn kid_is_the_rfc7638_thumbprint() {

@@ -13,6 +13,11 @@
 //! - Secrets (client secrets, device ingest keys, admin keys) carry 256 bits
 //!   from the OS CSPRNG, are shown once, stored as SHA-256 only, compared in
 //!   constant time and never logged.
+//! - The token endpoint reads no SQL: it uses an in-memory view of the
+//!   clients and the active signing key built with each installed snapshot
+//!   (so it signs only with keys the broker knows); another process's
+//!   changes arrive by polling the feed version. Its audit entries are
+//!   written in batches by a background writer that audit reads flush.
 //! - Every API call is scoped to the tenant of the admin key that made it.
 //! - The schema is portable: the same SQL runs on SQLite and PostgreSQL
 //!   through sqlx's `Any` driver.
@@ -60,6 +65,18 @@ pub struct AdminConfig {
     /// On first start, the admin key to create (from
     /// `SENSEGATE_BOOTSTRAP_ADMIN_KEY`); a random one is generated if `None`.
     pub bootstrap_admin_key: Option<String>,
+    /// How often to check whether another process sharing the database
+    /// changed it (`feed_state.version` ahead of what this process
+    /// published) and, if so, rebuild and republish the snapshot and the
+    /// token endpoint's view. [`AdminConfig::DEFAULT_FEED_POLL`] by default;
+    /// zero turns the poll off (for a process that serves no tokens and no
+    /// broker, such as the CLI).
+    pub feed_poll: Duration,
+}
+
+impl AdminConfig {
+    /// The default of [`AdminConfig::feed_poll`]: one second.
+    pub const DEFAULT_FEED_POLL: Duration = Duration::from_secs(1);
 }
 
 /// The control plane. Cheap to clone: every clone shares one state.
@@ -78,19 +95,26 @@ struct Inner {
     /// Serialises "change, commit, build snapshot, install" so snapshots are
     /// installed in version order. Held across `.await` (it is async).
     feed: tokio::sync::Mutex<()>,
-    /// Key ids in the last installed snapshot: a signing key made by another
-    /// process (the CLI) is published before the first token it signs.
-    published_kids: parking_lot::Mutex<Vec<String>>,
+    /// What the token endpoint reads per request (clients and the active
+    /// signing key), built with the last installed snapshot; read without
+    /// a lock.
+    view: arc_swap::ArcSwap<feed::TokenView>,
+    /// Version of the last snapshot installed into `sink`: the feed poll
+    /// republishes when the database is ahead of it.
+    published_version: std::sync::atomic::AtomicU64,
+    /// The feed poll task, stopped when the admin is dropped.
+    poll: parking_lot::Mutex<Option<tokio::task::AbortHandle>>,
     limiter: limiter::Limiter,
-    signer: keys::SignerCache,
+    /// Writes token requests' audit rows in batches.
+    audit: audit::Writer,
     /// Set once the composing binary registers metrics.
     metrics: std::sync::OnceLock<metrics::AdminMetrics>,
 }
 
 /// An [`AccessSink`] that drops every snapshot: for a process that changes
 /// the database without serving the data plane (the `sensegate admin …`
-/// CLI). A running server picks such changes up on its next snapshot, and
-/// publishes a signing key made elsewhere before signing with it.
+/// CLI). A running server picks such changes up within its feed poll
+/// ([`AdminConfig::feed_poll`]), and signs only with keys it has published.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DiscardSink;
 
@@ -129,6 +153,7 @@ impl Admin {
             ));
         }
         let pool = db::connect(&cfg.database_url).await?;
+        let audit = audit::Writer::start(&cfg.database_url).await?;
         let admin = Admin {
             inner: Arc::new(Inner {
                 pool,
@@ -136,13 +161,16 @@ impl Admin {
                 cfg,
                 sink,
                 feed: tokio::sync::Mutex::new(()),
-                published_kids: parking_lot::Mutex::new(Vec::new()),
+                view: arc_swap::ArcSwap::from_pointee(feed::TokenView::default()),
+                published_version: std::sync::atomic::AtomicU64::new(0),
+                poll: parking_lot::Mutex::new(None),
                 limiter: limiter::Limiter::default(),
-                signer: keys::SignerCache::default(),
+                audit,
                 metrics: std::sync::OnceLock::new(),
             }),
         };
         let generated = admin.bootstrap().await?;
+        admin.start_feed_poll();
         Ok((admin, generated))
     }
 
@@ -162,6 +190,14 @@ impl Admin {
     pub async fn ping(&self) -> Result<(), AdminError> {
         sqlx::query("SELECT 1").execute(&self.inner.pool).await?;
         Ok(())
+    }
+
+    /// Waits until every audit entry of a token request answered so far is
+    /// in the database (they are written in batches, in the background).
+    /// Audit reads do this themselves; dropping the last clone of the admin
+    /// writes whatever is pending too.
+    pub async fn flush_audit(&self) -> Result<(), AdminError> {
+        self.inner.audit.flush().await
     }
 
     /// The full current permission snapshot, read from the database.
@@ -192,6 +228,14 @@ impl Admin {
 
     fn ttl_ms(&self) -> i64 {
         i64::try_from(self.inner.cfg.token_ttl.as_millis()).unwrap_or(i64::MAX)
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(poll) = self.poll.get_mut().take() {
+            poll.abort();
+        }
     }
 }
 

@@ -29,7 +29,7 @@ use sensegate_broker::token::{Claims, AUDIENCE};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::audit::{self, Event};
+use crate::audit;
 use crate::error::AdminError;
 use crate::limiter::Key;
 use crate::{secret, Admin};
@@ -269,7 +269,10 @@ async fn issue(admin: &Admin, req: Request) -> Result<Response, OAuthError> {
     }
 
     let now_ms = admin.now_ms();
-    let client = admin.client(&client_id).await?;
+    // The in-memory view the feed installed with the last snapshot: no
+    // database read per request.
+    let view = admin.inner.view.load_full();
+    let client = view.clients.get(&client_id).cloned();
     // Hash and compare even for an unknown client, so timing does not tell
     // whether the id exists.
     let stored = client
@@ -290,20 +293,19 @@ async fn issue(admin: &Admin, req: Request) -> Result<Response, OAuthError> {
             if matches!(reason, "unknown_client" | "wrong_secret") {
                 admin.inner.limiter.failure(&keys, Instant::now());
             }
-            let (tenant, app) = client.map(|c| (c.tenant, c.id)).unzip();
-            let mut conn = admin.inner.pool.acquire().await.map_err(AdminError::from)?;
-            audit::record(
-                &mut conn,
-                &Event {
-                    tenant: tenant.as_deref(),
-                    actor: format!("client:{client_id}"),
-                    action: "token.refuse",
-                    target_type: Some(TARGET),
-                    target_id: app.as_deref(),
-                    detail: Some(serde_json::json!({ "reason": reason })),
-                },
-            )
-            .await?;
+            let (tenant, app) = client.map(|c| (c.tenant.clone(), c.id.clone())).unzip();
+            admin
+                .inner
+                .audit
+                .record(audit::Record::new(
+                    tenant,
+                    format!("client:{client_id}"),
+                    "token.refuse",
+                    TARGET,
+                    app,
+                    serde_json::json!({ "reason": reason }),
+                ))
+                .await?;
             tracing::info!(reason, "token request refused");
             return Err(OAuthError::InvalidClient);
         }
@@ -329,24 +331,31 @@ async fn issue(admin: &Admin, req: Request) -> Result<Response, OAuthError> {
         jti: jti.clone(),
         tenant: c.tenant.clone(),
         app: c.id.clone(),
-        devices: admin.resolved_devices(&c.id).await?,
+        devices: c.devices.clone(),
         include_anomalies: c.include_anomalies,
         sgen: c.secret_generation,
     };
-    let (kid, key) = admin.signer().await?;
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
-    header.kid = Some(kid);
-    let token = jsonwebtoken::encode(&header, &claims, &key)
-        .map_err(|e| AdminError::Signing(e.to_string()))?;
-    {
-        let mut conn = admin.inner.pool.acquire().await.map_err(AdminError::from)?;
-        audit::record(
-            &mut conn,
-            &Event::new(&c.tenant, format!("client:{client_id}"), "token.issue", TARGET, &c.id)
-                .detail(serde_json::json!({ "jti": jti, "expiresAt": crate::validate::format_ms(exp * 1000) })),
-        )
+    // The key published with the same snapshot: the broker knows it.
+    let signer = view
+        .signer
+        .clone()
+        .ok_or_else(|| AdminError::Signing("no active signing key".into()))?;
+    drop(view);
+    let token = signer.sign(&claims)?;
+    // Queued before the response is sent; written in a batch (see
+    // `audit::Writer`).
+    admin
+        .inner
+        .audit
+        .record(audit::Record::new(
+            Some(c.tenant.clone()),
+            format!("client:{client_id}"),
+            "token.issue",
+            TARGET,
+            Some(c.id.clone()),
+            serde_json::json!({ "jti": jti, "expiresAt": crate::validate::format_ms(exp * 1000) }),
+        ))
         .await?;
-    }
     let body = TokenResponse {
         access_token: token,
         token_type: "Bearer",

@@ -330,6 +330,7 @@ async fn a_random_admin_key_is_generated_once_when_none_is_configured() {
         issuer: ISSUER.into(),
         token_ttl: std::time::Duration::from_secs(3600),
         bootstrap_admin_key: None,
+        feed_poll: AdminConfig::DEFAULT_FEED_POLL,
     };
     let sink = Arc::new(RecordingSink::default());
     let (admin, key) = Admin::open(cfg.clone(), sink.clone()).await.unwrap();

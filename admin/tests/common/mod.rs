@@ -92,6 +92,12 @@ pub async fn harness(backend: Backend) -> Option<Harness> {
 }
 
 pub async fn harness_with(backend: Backend, ttl: Duration) -> Option<Harness> {
+    harness_opts(backend, ttl, AdminConfig::DEFAULT_FEED_POLL).await
+}
+
+/// A harness whose admin polls the database for other processes' changes
+/// every `feed_poll`.
+pub async fn harness_opts(backend: Backend, ttl: Duration, feed_poll: Duration) -> Option<Harness> {
     let (url, pg, dir) = match backend {
         Backend::Sqlite => {
             let dir = tempfile::tempdir().unwrap();
@@ -118,6 +124,7 @@ pub async fn harness_with(backend: Backend, ttl: Duration) -> Option<Harness> {
         issuer: ISSUER.into(),
         token_ttl: ttl,
         bootstrap_admin_key: Some(BOOTSTRAP_KEY.into()),
+        feed_poll,
     };
     let sink = Arc::new(RecordingSink::default());
     let (admin, generated) = Admin::open(cfg.clone(), sink.clone()).await.unwrap();
@@ -169,7 +176,12 @@ pub fn in_days(days: i64) -> String {
 impl Harness {
     /// Sends a raw request.
     pub async fn send(&self, req: Request<Body>) -> Reply {
-        let res = self.router.clone().oneshot(req).await.unwrap();
+        self.send_to(&self.router, req).await
+    }
+
+    /// Sends a raw request to `router` (another admin's, say).
+    pub async fn send_to(&self, router: &Router, req: Request<Body>) -> Reply {
+        let res = router.clone().oneshot(req).await.unwrap();
         let status = res.status();
         let headers = res.headers().clone();
         let bytes = res.into_body().collect().await.unwrap().to_bytes();
