@@ -35,6 +35,11 @@ pub(crate) struct StoreArgs {
     /// `postgres://…` selects PostgreSQL.
     #[arg(long, env = "SENSEGATE_DATABASE_URL")]
     database_url: Option<String>,
+    /// Milliseconds between checks for changes other admin processes made
+    /// to the same database (they then reach this process's broker feed
+    /// and token endpoint); 0 turns the check off.
+    #[arg(long, env = "SENSEGATE_FEED_POLL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    feed_poll_ms: u64,
 }
 
 impl StoreArgs {
@@ -243,7 +248,7 @@ async fn open_admin(
             issuer,
             token_ttl: Duration::from_secs(token.token_ttl),
             bootstrap_admin_key: std::env::var("SENSEGATE_BOOTSTRAP_ADMIN_KEY").ok(),
-            feed_poll: AdminConfig::DEFAULT_FEED_POLL,
+            feed_poll: Duration::from_millis(store.feed_poll_ms),
         },
         sink,
     )
