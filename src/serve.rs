@@ -26,6 +26,11 @@ pub(crate) struct NodeArgs {
     /// Directory for all state (SQLite database, certificate, boot epoch).
     #[arg(long, env = "SENSEGATE_DATA_DIR", default_value = "./sensegate-data")]
     pub(crate) data_dir: PathBuf,
+    /// Most HTTP connections served at once; further ones wait in the
+    /// kernel's accept queue. Keep it below the open-file limit so a flood
+    /// of idle connections cannot starve the process of descriptors.
+    #[arg(long, env = "SENSEGATE_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
 }
 
 /// The admin's storage.
@@ -301,7 +306,13 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if args.demo {
         crate::demo::start(&admin, http_addr, &listener).await?;
     }
-    serve_until_signal(http, app, Some((&broker, &listener))).await
+    serve_until_signal(
+        http,
+        app,
+        Some((&broker, &listener)),
+        args.node.max_connections,
+    )
+    .await
 }
 
 /// `sensegate broker`: the data plane, following a remote admin.
@@ -316,7 +327,13 @@ pub(crate) async fn run_broker(args: BrokerProcessArgs) -> anyhow::Result<()> {
     broker.follow_feed(args.admin_url.clone(), args.cluster_key.clone());
     let listener = start_ingest(&broker)?;
     println!("listening http={http_addr} quic={}", listener.addr);
-    serve_until_signal(http, broker.routes(), Some((&broker, &listener))).await
+    serve_until_signal(
+        http,
+        broker.routes(),
+        Some((&broker, &listener)),
+        args.node.max_connections,
+    )
+    .await
 }
 
 /// `sensegate admin serve`: the control plane, serving the feed.
@@ -372,13 +389,8 @@ pub(crate) async fn run_admin(args: AdminServeArgs) -> anyhow::Result<()> {
             }),
         );
     println!("listening http={http_addr}");
-    serve_until_signal(http, app, None).await
+    serve_until_signal(http, app, None, args.node.max_connections).await
 }
-
-/// Most HTTP connections served at once; further ones wait in the kernel's
-/// accept queue. Kept below the usual open-file limit so that a flood of idle
-/// connections cannot starve the process of descriptors.
-const MAX_CONNECTIONS: usize = 10_000;
 
 /// How long a client may take to send a request's headers (slowloris).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -391,6 +403,7 @@ async fn serve_until_signal(
     http: tokio::net::TcpListener,
     app: axum::Router,
     node: Option<(&Broker, &Listener)>,
+    max_connections: u32,
 ) -> anyhow::Result<()> {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use hyper_util::server::conn::auto;
@@ -409,7 +422,7 @@ async fn serve_until_signal(
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(Duration::from_secs(20)));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let permits = Arc::new(tokio::sync::Semaphore::new(max_connections as usize));
     let signal = shutdown_signal();
     tokio::pin!(signal);
     loop {

@@ -262,6 +262,28 @@ mod tests {
         assert_eq!(kind(&huge), "other");
     }
 
+    /// A stream's whole per-connection state is this future (plus the
+    /// subscriber queue): it must not grow buffers or duplicated state, or
+    /// idle connections stop fitting in 4 KiB.
+    #[tokio::test]
+    async fn an_idle_stream_task_stays_small() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = crate::Broker::new(crate::BrokerConfig::new(
+            dir.path().to_owned(),
+            "127.0.0.1:0".parse().unwrap(),
+            "issuer".into(),
+        ))
+        .unwrap();
+        let acceptor = broker.stream_acceptor(std::time::Duration::from_secs(1));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let task = acceptor.accept(tcp);
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 2304, "a connection's task takes {size} bytes");
+    }
+
     #[tokio::test]
     async fn rewound_replays_the_prefix_then_the_socket() {
         use tokio::io::AsyncWriteExt;

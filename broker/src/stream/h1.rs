@@ -29,33 +29,29 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 const KEEP_ITEMS: usize = 16;
 
 /// Serves one stream request to its end.
-pub(crate) async fn serve(shared: Arc<Shared>, mut tcp: TcpStream, head: StreamHead) {
-    let opened = match super::authorize(&shared, head.query.as_deref(), &head.headers) {
-        Ok(opened) => opened,
+pub(crate) fn serve(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    head: StreamHead,
+) -> impl std::future::Future<Output = ()> {
+    // Authorised before the stream's future exists: an async fn keeps its
+    // arguments for its whole life, and this one lives as long as the stream.
+    stream(tcp, open(shared, head))
+}
+
+async fn stream(mut tcp: TcpStream, mut opened: Result<Session, Box<Response>>) {
+    // Used in place (not moved out) so the session is stored once.
+    let session = match &mut opened {
+        Ok(session) => session,
         Err(refusal) => {
-            let _ = refuse(&mut tcp, *refusal).await;
+            let _ = refuse(&mut tcp, std::mem::take(&mut **refusal)).await;
             return;
         }
     };
-    drop(head);
-    let heartbeat = shared.cfg.heartbeat;
-    let mut session = Session::open(shared, opened, "sse");
-    let mut out = Vec::with_capacity(256);
-    // `connection: close`: the stream is this connection's last request,
-    // so a client must not pool it once the stream ends.
-    out.extend_from_slice(
-        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
-          x-accel-buffering: no\r\ntransfer-encoding: chunked\r\nconnection: close\r\ndate: ",
-    );
-    out.extend_from_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
-    out.extend_from_slice(b"\r\n\r\n");
-    let _ = write!(out, "{:x}\r\n", PREAMBLE.len());
-    out.extend_from_slice(PREAMBLE);
-    out.extend_from_slice(b"\r\n");
-    if tcp.write_all(&out).await.is_err() {
+    let heartbeat = session.heartbeat();
+    if tcp.write_all(&response_head()).await.is_err() {
         return;
     }
-    drop(out);
     let mut items = Vec::new();
     let mut scratch = BytesMut::new();
     loop {
@@ -79,14 +75,42 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut tcp: TcpStream, head: StreamH
     }
 }
 
+/// Authorises the request and opens its session (kept out of [`serve`]'s
+/// future, which lives as long as the stream).
+fn open(shared: Arc<Shared>, head: StreamHead) -> Result<Session, Box<Response>> {
+    let opened = super::authorize(&shared, head.query.as_deref(), &head.headers)?;
+    Ok(Session::open(shared, opened, "sse"))
+}
+
+/// The `200` head and the preamble chunk.
+fn response_head() -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    // `connection: close`: the stream is this connection's last request,
+    // so a client must not pool it once the stream ends.
+    out.extend_from_slice(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
+          x-accel-buffering: no\r\ntransfer-encoding: chunked\r\nconnection: close\r\ndate: ",
+    );
+    out.extend_from_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
+    out.extend_from_slice(b"\r\n\r\n");
+    let _ = write!(out, "{:x}\r\n", PREAMBLE.len());
+    out.extend_from_slice(PREAMBLE);
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
 /// Resolves when the client closed its side (or the socket failed). Bytes a
 /// client sends after its request are read and ignored.
 async fn client_gone(tcp: &TcpStream) {
-    let mut sink = [0u8; 64];
     loop {
-        if tcp.readable().await.is_err() {
+        // Readiness only: no read future or buffer is kept while idle.
+        if std::future::poll_fn(|cx| tcp.poll_read_ready(cx))
+            .await
+            .is_err()
+        {
             return;
         }
+        let mut sink = [0u8; 64];
         match tcp.try_read(&mut sink) {
             Ok(0) => return,
             Ok(_) => {}

@@ -212,6 +212,11 @@ impl Session {
         }
     }
 
+    /// The silence after which the stream gets a keep-alive.
+    pub(crate) fn heartbeat(&self) -> Duration {
+        self.shared.cfg.heartbeat
+    }
+
     /// Whether nothing is waiting to be sent.
     pub(crate) fn is_idle(&self) -> bool {
         self.pending.is_empty() && self.sub.is_empty()
@@ -247,19 +252,18 @@ impl Session {
             if !out.is_empty() {
                 return None;
             }
-            let keep_alive = async {
-                match heartbeat {
-                    Some(h) => tokio::time::sleep(h).await,
-                    None => std::future::pending().await,
-                }
-            };
+            // One timer for whichever comes first: the heartbeat or the end
+            // of the token or application (an idle stream's task stays small).
+            let ends = self.deadline.min(self.app_expiry);
+            let wake = heartbeat.map_or(ends, |h| ends.min(now + h));
             tokio::select! {
                 _ = self.sub.ready() => {}
-                _ = keep_alive => {
-                    out.push(Item::KeepAlive);
-                    return None;
+                _ = tokio::time::sleep_until(wake) => {
+                    if wake < ends {
+                        out.push(Item::KeepAlive);
+                        return None;
+                    }
                 }
-                _ = tokio::time::sleep_until(self.deadline.min(self.app_expiry)) => {}
                 changed = self.versions.changed() => {
                     if changed.is_err() {
                         return self.end(out, End::Revoked, "broker shutting down");
