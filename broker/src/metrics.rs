@@ -28,7 +28,7 @@ pub const SESSION_RESULTS: [&str; 5] = [
 ];
 
 /// The `reason` values of `sensegate_stream_refusals_total`.
-pub const STREAM_REFUSAL_REASONS: [&str; 10] = [
+pub const STREAM_REFUSAL_REASONS: [&str; 11] = [
     "missing_token",
     "two_tokens",
     "invalid",
@@ -37,6 +37,7 @@ pub const STREAM_REFUSAL_REASONS: [&str; 10] = [
     "app_expired",
     "app_disabled",
     "secret_rotated",
+    "secret_not_yet_known",
     "device_forbidden",
     "too_many_streams",
 ];

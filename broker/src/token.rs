@@ -61,6 +61,9 @@ pub enum TokenError {
     /// The secret was rotated after this token was issued.
     #[error("secret rotated since issue")]
     SecretRotated,
+    /// Issued under a secret generation newer than this broker has heard of.
+    #[error("issued under a secret this broker has not seen yet")]
+    SecretNotYetKnown,
 }
 
 impl TokenError {
@@ -73,7 +76,18 @@ impl TokenError {
             TokenError::AppRefused(r) if r.contains("expired") => "app_expired",
             TokenError::AppRefused(_) => "app_disabled",
             TokenError::SecretRotated => "secret_rotated",
+            TokenError::SecretNotYetKnown => "secret_not_yet_known",
         }
+    }
+
+    /// Whether a broker whose permissions lag the admin's could be the
+    /// cause: the signing key, the application or its new secret may still
+    /// be on their way through the feed.
+    pub fn may_be_ahead_of_table(&self) -> bool {
+        matches!(
+            self,
+            TokenError::UnknownKey | TokenError::AppGone | TokenError::SecretNotYetKnown
+        )
     }
 }
 
@@ -114,8 +128,9 @@ pub fn verify<'t>(
     if let Some(why) = app.refusal(now_ms) {
         return Err(TokenError::AppRefused(why));
     }
-    if app.entry.secret_generation != claims.sgen {
-        return Err(TokenError::SecretRotated);
+    match claims.sgen.cmp(&app.entry.secret_generation) {
+        std::cmp::Ordering::Less => Err(TokenError::SecretRotated),
+        std::cmp::Ordering::Greater => Err(TokenError::SecretNotYetKnown),
+        std::cmp::Ordering::Equal => Ok((claims, app)),
     }
-    Ok((claims, app))
 }

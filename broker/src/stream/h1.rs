@@ -29,14 +29,11 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 const KEEP_ITEMS: usize = 16;
 
 /// Serves one stream request to its end.
-pub(crate) fn serve(
-    shared: Arc<Shared>,
-    tcp: TcpStream,
-    head: StreamHead,
-) -> impl std::future::Future<Output = ()> {
-    // Authorised before the stream's future exists: an async fn keeps its
-    // arguments for its whole life, and this one lives as long as the stream.
-    stream(tcp, open(shared, head))
+pub(crate) async fn serve(shared: Arc<Shared>, tcp: TcpStream, head: StreamHead) {
+    // Authorised in a future of its own that is gone before the stream's
+    // starts: the two never take room in the task at the same time.
+    let opened = open(shared, head).await;
+    stream(tcp, opened).await
 }
 
 async fn stream(mut tcp: TcpStream, mut opened: Result<Session, Box<Response>>) {
@@ -75,10 +72,9 @@ async fn stream(mut tcp: TcpStream, mut opened: Result<Session, Box<Response>>) 
     }
 }
 
-/// Authorises the request and opens its session (kept out of [`serve`]'s
-/// future, which lives as long as the stream).
-fn open(shared: Arc<Shared>, head: StreamHead) -> Result<Session, Box<Response>> {
-    let opened = super::authorize(&shared, head.query.as_deref(), &head.headers)?;
+/// Authorises the request and opens its session.
+async fn open(shared: Arc<Shared>, head: StreamHead) -> Result<Session, Box<Response>> {
+    let opened = super::authorize(&shared, head.query.as_deref(), &head.headers).await?;
     Ok(Session::open(shared, opened, "sse"))
 }
 

@@ -169,7 +169,7 @@ pub(crate) async fn stream_telemetry(
     req: Request,
 ) -> Response {
     let (mut parts, _body) = req.into_parts();
-    let opened = match authorize(&shared, query.as_deref(), &parts.headers) {
+    let opened = match authorize(&shared, query.as_deref(), &parts.headers).await {
         Ok(opened) => opened,
         Err(refusal) => return *refusal,
     };
@@ -192,14 +192,77 @@ pub(crate) async fn stream_telemetry(
     }
 }
 
+/// How long a stream request whose token is newer than this broker's
+/// permissions waits for the feed before it is refused. A client may open
+/// its stream the moment the admin hands it a token, and a broker that
+/// follows the admin's feed hears of the new application (or key, or
+/// secret) a few milliseconds later.
+const FEED_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Everything a stream request must pass, whatever serves it: the query
 /// string, the bearer token, the device and kind filters and the
 /// per-application stream limit. `Err` is the response to send instead.
-pub(crate) fn authorize(
+///
+/// Returns at once unless the broker follows a feed and the token may be
+/// ahead of its table; only that rare case allocates its waiting state, so
+/// that the futures of the many idle streams stay small.
+pub(crate) async fn authorize(
     shared: &Arc<Shared>,
     query: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<Opened, Box<Response>> {
+    let following = shared.following.load(std::sync::atomic::Ordering::Relaxed);
+    match check(shared, query, headers, following) {
+        Ok(opened) => Ok(opened),
+        Err(Refused::Final(response)) => Err(response),
+        Err(Refused::Behind) => Box::pin(catch_up(shared, query, headers)).await,
+    }
+}
+
+/// Re-checks after every table swap until the token passes, the table
+/// proves it wrong or [`FEED_CATCH_UP`] runs out (then the refusal is final).
+async fn catch_up(
+    shared: &Arc<Shared>,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Opened, Box<Response>> {
+    let deadline = tokio::time::Instant::now() + FEED_CATCH_UP;
+    let mut swaps = shared.access_version.subscribe();
+    loop {
+        let waiting = tokio::time::Instant::now() < deadline;
+        match check(shared, query, headers, waiting) {
+            Ok(opened) => return Ok(opened),
+            Err(Refused::Final(response)) => return Err(response),
+            Err(Refused::Behind) => {}
+        }
+        // A swap between the check and this wait is not missed: the receiver
+        // subscribed before the check.
+        let _ = tokio::time::timeout_at(deadline, swaps.changed()).await;
+    }
+}
+
+/// Why [`check`] did not open the stream.
+enum Refused {
+    /// The token may be newer than the table: look again after the feed.
+    Behind,
+    /// The response to send.
+    Final(Box<Response>),
+}
+
+impl From<Box<Response>> for Refused {
+    fn from(response: Box<Response>) -> Self {
+        Refused::Final(response)
+    }
+}
+
+/// One look at the current table. With `may_wait`, a token that may be
+/// ahead of the table is [`Refused::Behind`] rather than refused.
+fn check(
+    shared: &Arc<Shared>,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    may_wait: bool,
+) -> Result<Opened, Refused> {
     let params: StreamParams = serde_urlencoded::from_str(query.unwrap_or("")).map_err(|e| {
         Box::new(error(
             StatusCode::BAD_REQUEST,
@@ -211,7 +274,7 @@ pub(crate) fn authorize(
         Bearer::Token(t) => t,
         Bearer::Missing => {
             shared.metrics.stream_refused("missing_token");
-            return Err(Box::new(unauthorized("a bearer access token is required")));
+            return Err(Box::new(unauthorized("a bearer access token is required")).into());
         }
         Bearer::Both => {
             shared.metrics.stream_refused("two_tokens");
@@ -219,14 +282,18 @@ pub(crate) fn authorize(
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
                 "send the access token in the Authorization header or the access_token parameter, not both",
-            )));
+            ))
+            .into());
         }
     };
     let table = shared.access.load_full();
     let now = now_ms();
     let (claims, app) = token::verify(token, &shared.cfg.issuer, &table, now).map_err(|e| {
+        if may_wait && e.may_be_ahead_of_table() {
+            return Refused::Behind;
+        }
         shared.metrics.stream_refused(e.reason());
-        Box::new(unauthorized(&e.to_string()))
+        Refused::Final(Box::new(unauthorized(&e.to_string())))
     })?;
     let filter = match params.devices.as_deref() {
         None => None,
@@ -243,7 +310,8 @@ pub(crate) fn authorize(
                     StatusCode::FORBIDDEN,
                     "forbidden_device",
                     &format!("this application may not stream device {:?}", &*denied.id),
-                )));
+                ))
+                .into());
             }
             Some(wanted)
         }
@@ -262,7 +330,7 @@ pub(crate) fn authorize(
         );
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return Err(Box::new(r));
+        return Err(Box::new(r).into());
     };
     Ok(Opened {
         devices: filter.clone().unwrap_or_else(|| app.devices.clone()),
@@ -318,6 +386,107 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(resume_from(&HeaderMap::new(), &q), ResumeFrom::After(7));
+    }
+
+    /// A broker that follows the admin's feed may hear of an application
+    /// after its client got a token: the stream waits for the feed instead
+    /// of refusing a token the admin just issued.
+    #[tokio::test]
+    async fn a_token_issued_before_the_feed_arrives_waits_for_it() {
+        use crate::access::{AccessSink, ApplicationEntry, Snapshot, VerificationKey};
+        use base64::Engine;
+        use ed25519_dalek::pkcs8::EncodePrivateKey;
+        use std::sync::atomic::Ordering;
+        use std::time::{Duration, Instant};
+
+        let dir = tempfile::tempdir().unwrap();
+        let broker = crate::Broker::new(crate::BrokerConfig::new(
+            dir.path().to_owned(),
+            "127.0.0.1:0".parse().unwrap(),
+            "issuer".into(),
+        ))
+        .unwrap();
+        let signing = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let keys = vec![VerificationKey {
+            kid: "k".into(),
+            ed25519_x: base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(signing.verifying_key().as_bytes()),
+        }];
+        let app = |sgen| ApplicationEntry {
+            tenant: "t".into(),
+            id: "a".into(),
+            client_id: "c".into(),
+            enabled: true,
+            expires_at_ms: now_ms() + 3_600_000,
+            include_anomalies: false,
+            devices: vec![],
+            groups: vec![],
+            secret_generation: sgen,
+        };
+        let snapshot = |version, applications| Snapshot {
+            version,
+            verification_keys: keys.clone(),
+            applications,
+            ..Default::default()
+        };
+        let token = |sgen| {
+            let now = now_ms() / 1000;
+            let claims = token::Claims {
+                iss: "issuer".into(),
+                aud: token::AUDIENCE.into(),
+                sub: "c".into(),
+                exp: now + 600,
+                iat: now,
+                jti: "j".into(),
+                tenant: "t".into(),
+                app: "a".into(),
+                devices: vec![],
+                include_anomalies: false,
+                sgen,
+            };
+            let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+            header.kid = Some("k".into());
+            let der = signing.to_pkcs8_der().unwrap();
+            let key = jsonwebtoken::EncodingKey::from_ed_der(der.as_bytes());
+            let mut headers = HeaderMap::new();
+            let value = format!(
+                "Bearer {}",
+                jsonwebtoken::encode(&header, &claims, &key).unwrap()
+            );
+            headers.insert(header::AUTHORIZATION, value.parse().unwrap());
+            headers
+        };
+        broker.install(snapshot(1, vec![])).unwrap();
+        let shared = broker.shared.clone();
+
+        // In one process the table is never behind: refused at once.
+        let started = Instant::now();
+        assert!(authorize(&shared, None, &token(1)).await.is_err());
+        assert!(started.elapsed() < Duration::from_millis(500));
+
+        shared.following.store(true, Ordering::Relaxed);
+        let late = broker.clone();
+        let installed = snapshot(2, vec![app(1)]);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            late.install(installed).unwrap();
+        });
+        let opened = authorize(&shared, None, &token(1)).await;
+        assert!(
+            opened.is_ok(),
+            "the stream opens once the feed brings the application"
+        );
+
+        // A secret newer than the feed ever brings is refused after the wait.
+        let started = Instant::now();
+        let refused = authorize(&shared, None, &token(2)).await;
+        assert_eq!(refused.err().unwrap().status(), StatusCode::UNAUTHORIZED);
+        assert!(started.elapsed() >= FEED_CATCH_UP);
+        // An older one is refused at once: the table proves it stale.
+        broker.install(snapshot(3, vec![app(3)])).unwrap();
+        let started = Instant::now();
+        assert!(authorize(&shared, None, &token(2)).await.is_err());
+        assert!(started.elapsed() < Duration::from_millis(500));
     }
 
     #[test]
