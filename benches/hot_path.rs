@@ -3,12 +3,13 @@
 //!
 //! `cargo bench --bench hot_path` (add `-- --quick` for a short run).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use sensegate_broker::access::DeviceKey;
-use sensegate_broker::event::{EventIds, PendingEvent};
+use sensegate_broker::event::{Event, EventIds, PendingEvent};
 use sensegate_broker::router::{RingConfig, Router};
 use sensegate_broker::subscriber::Subscriber;
 use sensegate_ingest_proto::{
@@ -57,7 +58,7 @@ fn codec(c: &mut Criterion) {
     g.bench_function("render_event", |b| {
         b.iter(|| {
             let t = validate_telemetry(&payload).unwrap();
-            PendingEvent::render("machine-1", t, payload.clone())
+            PendingEvent::render("machine-1", t, &payload)
         })
     });
     g.finish();
@@ -70,11 +71,19 @@ fn pendings(payload: &Bytes, first_seq: u64) -> Vec<PendingEvent> {
     let t = validate_telemetry(payload).unwrap();
     (0..BATCH)
         .map(|i| {
-            let mut p = PendingEvent::render("machine-1", t, payload.clone());
+            let mut p = PendingEvent::render("machine-1", t, &payload);
             p.seq = first_seq + i;
             p
         })
         .collect()
+}
+
+/// The consumer's side of a delivery, as a stream does it: take what is
+/// queued into the stream's own deque (swapped, so both keep their storage),
+/// hand the events out (here: drop them).
+fn drain(s: &Subscriber, local: &mut VecDeque<Arc<Event>>) {
+    s.take(local, usize::MAX);
+    local.clear();
 }
 
 /// A router with `subs` subscribers of one device, and that device's slot.
@@ -102,6 +111,7 @@ fn fan_out(c: &mut Criterion) {
     let mut g = c.benchmark_group("router_publish_one_device");
     for subs in [1usize, 100, 10_000] {
         let (router, subscribers, slot) = one_device(subs);
+        let mut locals: Vec<VecDeque<Arc<Event>>> = subscribers.iter().map(|_| VecDeque::new()).collect();
         let mut seq = 1;
         // Deliveries per iteration: BATCH events to every subscriber, and
         // every subscriber drains its queue (the consumer's pop is part of
@@ -116,8 +126,8 @@ fn fan_out(c: &mut Criterion) {
                 },
                 |batch| {
                     router.publish(&slot, batch);
-                    for s in &subscribers {
-                        while s.pop().is_some() {}
+                    for (s, local) in subscribers.iter().zip(locals.iter_mut()) {
+                        drain(s, local);
                     }
                 },
                 BatchSize::SmallInput,
@@ -140,6 +150,7 @@ fn fan_out(c: &mut Criterion) {
             s
         })
         .collect();
+    let mut locals: Vec<VecDeque<Arc<Event>>> = subscribers.iter().map(|_| VecDeque::new()).collect();
     let slots: Vec<_> = keys.iter().map(|k| router.slot_or_create(k)).collect();
     let t = validate_telemetry(&payload).unwrap();
     let mut seq = 1;
@@ -147,13 +158,13 @@ fn fan_out(c: &mut Criterion) {
     g.bench_function("10000_devices_1_subscriber_each", |b| {
         b.iter(|| {
             for slot in &slots {
-                let mut p = PendingEvent::render("d", t, payload.clone());
+                let mut p = PendingEvent::render("d", t, &payload);
                 p.seq = seq;
                 router.publish(slot, [p]);
             }
             seq += 1;
-            for s in &subscribers {
-                while s.pop().is_some() {}
+            for (s, local) in subscribers.iter().zip(locals.iter_mut()) {
+                drain(s, local);
             }
         })
     });
@@ -173,6 +184,7 @@ fn fan_out_with_metrics(c: &mut Criterion) {
     let mut g = c.benchmark_group("router_publish_one_device_with_metrics");
     let subs = 100usize;
     let (router, subscribers, slot) = one_device(subs);
+    let mut locals: Vec<VecDeque<Arc<Event>>> = subscribers.iter().map(|_| VecDeque::new()).collect();
     let mut seq = 1;
     let mut sampled_at = std::time::Instant::now();
     g.throughput(Throughput::Elements(BATCH * subs as u64));
@@ -192,14 +204,11 @@ fn fan_out_with_metrics(c: &mut Criterion) {
                 metrics.duplicates.inc_by(p.duplicates);
                 metrics.dropped_slow_consumer.inc_by(p.overflowed);
                 metrics.dropped_filtered.inc_by(p.filtered);
-                for s in &subscribers {
-                    let depth = s.len();
-                    let mut n = 0u64;
-                    let mut oldest = None;
-                    while let Some(ev) = s.pop() {
-                        oldest.get_or_insert(ev.accepted_at);
-                        n += 1;
-                    }
+                for (s, local) in subscribers.iter().zip(locals.iter_mut()) {
+                    let depth = s.take(local, usize::MAX).depth;
+                    let n = local.len() as u64;
+                    let oldest = local.front().map(|ev| ev.accepted_at);
+                    local.clear();
                     if let Some(t) = oldest {
                         metrics.events_delivered.inc_by(n);
                         app.delivered.inc_by(n);

@@ -4,7 +4,6 @@
 use std::path::Path;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
 use sensegate_ingest_proto::Kind;
 
 use crate::access::DeviceKey;
@@ -20,6 +19,14 @@ const ID_ROOM: usize = 25;
 /// One accepted telemetry event. Built once at ingest and shared by pointer
 /// (`Arc<Event>`) with the replay ring and every subscriber: nothing in it is
 /// ever rendered again per subscriber.
+///
+/// The SSE record and the archived frame live in **one** buffer owned by the
+/// event (`[unused id room][id: N\nevent: …\ndata: {json}\n\n][frame]`).
+/// Why: a frame kept as a slice of the session's receive buffer pinned that
+/// whole buffer for as long as the ring held any event read into it (so every
+/// read allocated a fresh 64 KiB buffer), and a separately allocated record
+/// cost a second allocation per event. Now an event is two allocations (this
+/// struct behind its `Arc`, and the buffer) and the receive buffer is reused.
 #[derive(Debug)]
 pub struct Event {
     /// Broker-assigned id, strictly increasing across the whole broker and
@@ -29,20 +36,31 @@ pub struct Event {
     pub device: DeviceKey,
     /// Reading or anomaly.
     pub kind: Kind,
-    /// The complete SSE record: `id: N\nevent: …\ndata: {json}\n\n`.
-    pub sse: Bytes,
-    /// Where the JSON object sits inside `sse`.
-    pub json_range: std::ops::Range<usize>,
-    /// The archived frame exactly as the device sent it (zero-copy consumers).
-    pub frame: Bytes,
+    buf: Vec<u8>,
+    sse_start: u32,
+    json: (u32, u32),
+    frame_start: u32,
     /// When the broker accepted it (for the ingest → egress latency metric).
     pub accepted_at: Instant,
 }
 
 impl Event {
+    /// The complete SSE record: `id: N\nevent: …\ndata: {json}\n\n`.
+    #[inline]
+    pub fn sse(&self) -> &[u8] {
+        &self.buf[self.sse_start as usize..self.frame_start as usize]
+    }
+
     /// The event's JSON object.
+    #[inline]
     pub fn json(&self) -> &[u8] {
-        &self.sse[self.json_range.clone()]
+        &self.buf[self.json.0 as usize..self.json.1 as usize]
+    }
+
+    /// The archived frame exactly as the device sent it (zero-copy consumers).
+    #[inline]
+    pub fn frame(&self) -> &[u8] {
+        &self.buf[self.frame_start as usize..]
     }
 }
 
@@ -53,26 +71,27 @@ pub struct PendingEvent {
     pub seq: u64,
     /// Reading or anomaly.
     pub kind: Kind,
-    /// `[ID_ROOM free bytes]event: …\ndata: {json}\n\n`.
-    record: BytesMut,
-    /// Where the JSON object sits inside `record`.
-    json_range: std::ops::Range<usize>,
-    /// See [`Event::frame`].
-    pub frame: Bytes,
+    /// `[ID_ROOM free bytes]event: …\ndata: {json}\n\n[frame]`.
+    buf: Vec<u8>,
+    /// Where the JSON object sits inside `buf`.
+    json: (u32, u32),
+    /// Where the frame starts inside `buf`.
+    frame_start: u32,
 }
 
 impl PendingEvent {
-    /// Renders the record for a validated frame, once.
+    /// Renders the record for a validated frame, once, and keeps a copy of
+    /// the frame's archive (`frame`, the bytes `t` was validated from).
     pub fn render(
         device_id: &str,
         t: &sensegate_ingest_proto::ArchivedTelemetry,
-        frame: Bytes,
+        frame: &[u8],
     ) -> Self {
         Self::with_json(
             t.seq.to_native(),
             t.kind.to_native(),
             frame,
-            32 * t.readings.len(),
+            device_id.len() + 32 * t.readings.len(),
             |out| sensegate_ingest_proto::render_event_json(device_id, t, out),
         )
     }
@@ -81,31 +100,35 @@ impl PendingEvent {
     fn with_json(
         seq: u64,
         kind: Kind,
-        frame: Bytes,
+        frame: &[u8],
         size_hint: usize,
         write_json: impl FnOnce(&mut Vec<u8>),
     ) -> Self {
-        let mut out = Vec::with_capacity(ID_ROOM + 96 + size_hint);
+        // Frames are at most a few KiB (`MAX_TELEMETRY_FRAME_LEN`), so every
+        // offset fits in a u32 with room to spare.
+        let mut out = Vec::with_capacity(ID_ROOM + 96 + size_hint + frame.len());
         out.resize(ID_ROOM, 0);
         out.extend_from_slice(b"event: ");
         out.extend_from_slice(kind.event_name().as_bytes());
         out.extend_from_slice(b"\ndata: ");
-        let start = out.len();
+        let start = out.len() as u32;
         write_json(&mut out);
-        let end = out.len();
+        let end = out.len() as u32;
         out.extend_from_slice(b"\n\n");
+        let frame_start = out.len() as u32;
+        out.extend_from_slice(frame);
         PendingEvent {
             seq,
             kind,
-            record: BytesMut::from(&out[..]),
-            json_range: start..end,
-            frame,
+            buf: out,
+            json: (start, end),
+            frame_start,
         }
     }
 
-    /// A pending event with a fixed JSON body (tests and benches).
+    /// A pending event with a fixed JSON body and no frame (tests and benches).
     pub fn from_json(seq: u64, kind: Kind, json: &[u8]) -> Self {
-        Self::with_json(seq, kind, Bytes::new(), json.len(), |out| {
+        Self::with_json(seq, kind, &[], json.len(), |out| {
             out.extend_from_slice(json)
         })
     }
@@ -115,17 +138,18 @@ impl PendingEvent {
         let mut digits = itoa::Buffer::new();
         let digits = digits.format(id).as_bytes();
         let start = ID_ROOM - (4 + digits.len() + 1);
-        let mut record = self.record;
-        record[start..start + 4].copy_from_slice(b"id: ");
-        record[start + 4..ID_ROOM - 1].copy_from_slice(digits);
-        record[ID_ROOM - 1] = b'\n';
+        let mut buf = self.buf;
+        buf[start..start + 4].copy_from_slice(b"id: ");
+        buf[start + 4..ID_ROOM - 1].copy_from_slice(digits);
+        buf[ID_ROOM - 1] = b'\n';
         Event {
             id,
             device,
             kind: self.kind,
-            sse: record.freeze().slice(start..),
-            json_range: self.json_range.start - start..self.json_range.end - start,
-            frame: self.frame,
+            buf,
+            sse_start: start as u32,
+            json: self.json,
+            frame_start: self.frame_start,
             accepted_at,
         }
     }
@@ -208,7 +232,7 @@ mod tests {
         let p = PendingEvent::from_json(3, Kind::Anomaly, b"{\"a\":1}");
         let e = p.into_event(u64::MAX, DeviceKey::new("t", "d"), Instant::now());
         assert_eq!(
-            &e.sse[..],
+            e.sse(),
             format!("id: {}\nevent: anomaly\ndata: {{\"a\":1}}\n\n", u64::MAX).as_bytes()
         );
         assert_eq!(e.json(), b"{\"a\":1}");
@@ -217,7 +241,38 @@ mod tests {
             DeviceKey::new("t", "d"),
             Instant::now(),
         );
-        assert_eq!(&e.sse[..], b"id: 7\nevent: telemetry\ndata: {}\n\n");
+        assert_eq!(e.sse(), b"id: 7\nevent: telemetry\ndata: {}\n\n");
+    }
+
+    #[test]
+    fn an_event_keeps_its_frame_and_record_in_one_buffer() {
+        use sensegate_ingest_proto::{encode_frame, validate_telemetry, Reading, Telemetry};
+        let mut wire = vec![0xAA; 3];
+        encode_frame(
+            &Telemetry {
+                seq: 9,
+                ts_ms: 1_000,
+                kind: Kind::Reading,
+                readings: vec![Reading {
+                    name: "t".into(),
+                    value: 1.5,
+                }],
+            },
+            &mut wire,
+        );
+        // At an odd offset inside a larger receive buffer, as ingest sees it.
+        let payload = &wire[3 + sensegate_ingest_proto::FRAME_HEADER_LEN..];
+        let t = validate_telemetry(payload).unwrap();
+        let p = PendingEvent::render("d-1", t, payload);
+        let e = p.into_event(42, DeviceKey::new("t", "d-1"), Instant::now());
+        assert_eq!(e.frame(), payload);
+        assert_eq!(validate_telemetry(e.frame()).unwrap().seq.to_native(), 9);
+        let json: serde_json::Value = serde_json::from_slice(e.json()).unwrap();
+        assert_eq!(json["deviceId"], "d-1");
+        assert_eq!(json["readings"]["t"], 1.5);
+        let sse = std::str::from_utf8(e.sse()).unwrap();
+        assert!(sse.starts_with("id: 42\nevent: telemetry\ndata: {"), "{sse}");
+        assert!(sse.ends_with("}\n\n"), "{sse}");
     }
 
     #[test]

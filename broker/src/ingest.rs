@@ -16,10 +16,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf as _, BytesMut};
 use sensegate_ingest_proto::{
     decode_frame, encode_frame, validate_hello, validate_telemetry, FrameError, RejectCode,
-    ServerMsg, FRAME_HEADER_LEN, MAX_CONTROL_FRAME_LEN, MAX_TELEMETRY_FRAME_LEN, PROTOCOL_VERSION,
+    ServerMsg, MAX_CONTROL_FRAME_LEN, MAX_TELEMETRY_FRAME_LEN, PROTOCOL_VERSION,
 };
 use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
@@ -229,12 +229,14 @@ async fn telemetry(
                     return Some(End::new(RejectCode::Malformed, e.to_string()));
                 }
             };
-            let frame: Bytes = buf.split_to(range.end).freeze();
-            let payload = frame.slice(FRAME_HEADER_LEN..);
-            match validate_telemetry(&payload) {
+            let payload = &buf[range.clone()];
+            match validate_telemetry(payload) {
                 Ok(t) => {
                     shared.metrics.bytes_accepted.inc_by(payload.len() as u64);
-                    pending.push(PendingEvent::render(&slot.key.id, t, payload.clone()));
+                    pending.push(PendingEvent::render(&slot.key.id, t, payload));
+                    // The event keeps its own copy: the receive buffer stays
+                    // unshared and is reused by the next read.
+                    buf.advance(range.end);
                 }
                 Err(e) => {
                     shared.metrics.frame_rejected(frame_reason(&e));

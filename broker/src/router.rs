@@ -176,6 +176,7 @@ impl Router {
         let mut ids = self.sequencer.lock();
         let mut ring = slot.ring.lock();
         let mut last_seq = slot.last_seq.load(Ordering::Relaxed);
+        let mut accepted = Vec::new();
         for p in batch {
             if p.seq <= last_seq {
                 out.duplicates += 1;
@@ -183,19 +184,22 @@ impl Router {
             }
             last_seq = p.seq;
             let ev = Arc::new(p.into_event(ids.next_id(), slot.key.clone(), now));
-            for s in subscribers.iter() {
-                if !s.wants(ev.kind) {
-                    out.filtered += 1;
-                } else if !s.push(ev.clone()) {
-                    out.overflowed += 1;
-                }
-            }
             if ring.events.len() >= self.ring.max_events {
                 ring.evict_front();
+            }
+            if !subscribers.is_empty() {
+                accepted.push(ev.clone());
             }
             ring.events.push_back(ev);
             out.accepted += 1;
         }
+        // Whole batch per subscriber: one lock and one wake-up each.
+        for s in subscribers.iter() {
+            let pushed = s.push_batch(&accepted);
+            out.filtered += pushed.filtered;
+            out.overflowed += pushed.overflowed;
+        }
+        drop(ids);
         while ring
             .events
             .front()
@@ -314,7 +318,9 @@ mod tests {
     }
 
     fn drain(s: &Subscriber) -> Vec<u64> {
-        std::iter::from_fn(|| s.pop()).map(|e| e.id).collect()
+        let mut out = std::collections::VecDeque::new();
+        s.take(&mut out, usize::MAX);
+        out.iter().map(|e| e.id).collect()
     }
 
     #[test]

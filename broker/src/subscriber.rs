@@ -2,28 +2,41 @@
 //!
 //! # Overflow policy
 //! The queue holds at most `capacity` events (pointers). A publisher never
-//! waits: when the queue is full the **oldest** event is dropped, the drop is
-//! counted, and the lost id range is remembered. The egress task reports it
-//! in-band as a `gap` event before the next events it delivers, so the client
-//! knows exactly what it missed and can resume from the replay ring with
-//! `Last-Event-ID`. With [`OverflowPolicy::Disconnect`] the stream is instead
-//! closed once it has lost events. Memory per subscriber is therefore bounded by
-//! `capacity` pointers plus the shared events they point to.
+//! waits for the consumer to make room: when the queue is full the **oldest**
+//! event is dropped, the drop is counted, and the lost id range is remembered.
+//! The egress task reports it in-band as a `gap` event before the next events
+//! it delivers, so the client knows exactly what it missed and can resume
+//! from the replay ring with `Last-Event-ID`. With [`OverflowPolicy::Disconnect`]
+//! the stream is instead closed once it has lost events. Memory per
+//! subscriber is therefore bounded by `capacity` pointers (plus the at most
+//! one batch its egress task holds) and the shared events they point to.
+//!
+//! # Why a short lock and whole batches
+//! The router hands a subscriber a whole ingest batch at once
+//! ([`Subscriber::push_batch`]): one lock, one pointer copy per event, one
+//! wake-up. The egress task takes everything queued with one lock and an
+//! O(1) swap of the deque ([`Subscriber::take`]). Both critical sections are
+//! bounded pointer moves, never I/O, never a wait for the consumer to make
+//! progress. This replaced a lock-free segmented queue whose per-event push
+//! and pop (several contended atomics each, plus one `notify` per event)
+//! cost more than the rest of the fan-out per delivery.
 //!
 //! # Invariants
-//! - `push` never waits: a push onto a lock-free segmented queue, at most one
-//!   pop of the oldest event, and one `notify_one`.
+//! - `push_batch` never waits for the consumer: at most `capacity` pointers
+//!   are kept, the oldest give way.
 //! - Memory grows with what is queued, not with the bound: an idle stream
-//!   holds no queue storage (the segmented queue allocates 31-slot blocks
-//!   as events arrive and frees them as they leave).
+//!   holds no queue storage beyond what its last batch needed.
 //! - Events leave the queue in the order they entered it. All pushes for a
-//!   subscriber happen under the router's sequencer lock, so there is one
-//!   producer at a time and the length bound holds exactly.
+//!   subscriber happen under the router's sequencer lock, so batches arrive
+//!   in id order.
+//! - A loss report is taken together with the events queued after the loss,
+//!   so the `gap` precedes exactly the events that followed it.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crossbeam_queue::SegQueue;
+use parking_lot::Mutex;
 use sensegate_ingest_proto::Kind;
 use tokio::sync::Notify;
 
@@ -54,16 +67,36 @@ pub struct Lost {
 /// egress task (consumer).
 #[derive(Debug)]
 pub struct Subscriber {
-    queue: SegQueue<Arc<Event>>,
-    len: AtomicUsize,
+    queue: Mutex<Queue>,
     capacity: usize,
     notify: Notify,
-    lost_count: AtomicU64,
-    lost_from: AtomicU64,
-    lost_to: AtomicU64,
     include_anomalies: AtomicBool,
     want_readings: bool,
     want_anomalies: bool,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    events: VecDeque<Arc<Event>>,
+    lost: Option<Lost>,
+}
+
+/// What [`Subscriber::push_batch`] did with a batch.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pushed {
+    /// Events the subscriber's kind filters refused.
+    pub filtered: u64,
+    /// Older events dropped to make room (slow consumer).
+    pub overflowed: u64,
+}
+
+/// What [`Subscriber::take`] handed over besides the events.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Taken {
+    /// Events lost to overflow since the last take, if any.
+    pub lost: Option<Lost>,
+    /// Events that were queued at the take (the queue-depth metric).
+    pub depth: usize,
 }
 
 impl Subscriber {
@@ -76,13 +109,9 @@ impl Subscriber {
         want_anomalies: bool,
     ) -> Self {
         Subscriber {
-            queue: SegQueue::new(),
-            len: AtomicUsize::new(0),
+            queue: Mutex::new(Queue::default()),
             capacity: capacity.max(1),
             notify: Notify::new(),
-            lost_count: AtomicU64::new(0),
-            lost_from: AtomicU64::new(u64::MAX),
-            lost_to: AtomicU64::new(0),
             include_anomalies: AtomicBool::new(include_anomalies),
             want_readings,
             want_anomalies,
@@ -103,56 +132,70 @@ impl Subscriber {
         }
     }
 
-    /// Enqueues without waiting. Returns `false` if an older event had to be dropped.
-    #[inline]
-    pub fn push(&self, ev: Arc<Event>) -> bool {
-        self.queue.push(ev);
-        let mut kept = true;
-        if self.len.fetch_add(1, Ordering::AcqRel) >= self.capacity {
-            // Full: the oldest goes (the consumer may have taken it first,
-            // in which case there is room after all).
-            if let Some(old) = self.pop() {
-                self.lost_count.fetch_add(1, Ordering::Relaxed);
-                self.lost_from.fetch_min(old.id, Ordering::Relaxed);
-                self.lost_to.fetch_max(old.id, Ordering::Relaxed);
-                kept = false;
+    /// Enqueues the events of `batch` this subscriber wants, in order,
+    /// without waiting for the consumer, and wakes it once.
+    pub fn push_batch(&self, batch: &[Arc<Event>]) -> Pushed {
+        let (readings, anomalies) = (self.wants(Kind::Reading), self.wants(Kind::Anomaly));
+        let mut out = Pushed::default();
+        let mut pushed = false;
+        {
+            let mut q = self.queue.lock();
+            for ev in batch {
+                let wanted = match ev.kind {
+                    Kind::Reading => readings,
+                    Kind::Anomaly => anomalies,
+                };
+                if !wanted {
+                    out.filtered += 1;
+                    continue;
+                }
+                if q.events.len() >= self.capacity {
+                    if let Some(old) = q.events.pop_front() {
+                        out.overflowed += 1;
+                        let lost = q.lost.get_or_insert(Lost {
+                            count: 0,
+                            from_id: old.id,
+                            to_id: old.id,
+                        });
+                        lost.count += 1;
+                        lost.to_id = old.id;
+                    }
+                }
+                q.events.push_back(ev.clone());
+                pushed = true;
             }
         }
-        self.notify.notify_one();
-        kept
+        if pushed {
+            self.notify.notify_one();
+        }
+        out
     }
 
-    /// Takes the next queued event.
-    #[inline]
-    pub fn pop(&self) -> Option<Arc<Event>> {
-        let ev = self.queue.pop()?;
-        self.len.fetch_sub(1, Ordering::AcqRel);
-        Some(ev)
+    /// Moves up to `max` of the oldest queued events to the back of `out`
+    /// and takes the loss report. When everything queued fits and `out` is
+    /// empty the two deques are swapped, so the lock is held for O(1).
+    pub fn take(&self, out: &mut VecDeque<Arc<Event>>, max: usize) -> Taken {
+        let mut q = self.queue.lock();
+        let depth = q.events.len();
+        if depth <= max && out.is_empty() {
+            std::mem::swap(&mut q.events, out);
+        } else {
+            out.extend(q.events.drain(..depth.min(max)));
+        }
+        Taken {
+            lost: q.lost.take(),
+            depth,
+        }
     }
 
     /// Events currently queued.
     pub fn len(&self) -> usize {
-        self.len.load(Ordering::Acquire)
+        self.queue.lock().events.len()
     }
 
     /// Whether nothing is queued.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    /// Takes the loss report, if anything was lost since the last call.
-    pub fn take_lost(&self) -> Option<Lost> {
-        let count = self.lost_count.swap(0, Ordering::Relaxed);
-        if count == 0 {
-            return None;
-        }
-        let from_id = self.lost_from.swap(u64::MAX, Ordering::Relaxed);
-        let to_id = self.lost_to.swap(0, Ordering::Relaxed);
-        Some(Lost {
-            count,
-            from_id,
-            to_id,
-        })
     }
 
     /// Resolves when something was pushed since the last call (or now).
@@ -181,23 +224,53 @@ mod tests {
         )
     }
 
+    fn ids(q: &VecDeque<Arc<Event>>) -> Vec<u64> {
+        q.iter().map(|e| e.id).collect()
+    }
+
     #[test]
     fn overflow_drops_oldest_and_reports_the_range() {
         let s = Subscriber::new(3, true, true, true);
-        for id in 1..=5 {
-            s.push(event(id, Kind::Reading));
-        }
+        let batch: Vec<_> = (1..=5).map(|id| event(id, Kind::Reading)).collect();
         assert_eq!(
-            s.take_lost(),
+            s.push_batch(&batch),
+            Pushed {
+                filtered: 0,
+                overflowed: 2
+            }
+        );
+        let mut out = VecDeque::new();
+        let taken = s.take(&mut out, 256);
+        assert_eq!(
+            taken.lost,
             Some(Lost {
                 count: 2,
                 from_id: 1,
                 to_id: 2
             })
         );
-        assert_eq!(s.take_lost(), None);
-        let ids: Vec<u64> = std::iter::from_fn(|| s.pop()).map(|e| e.id).collect();
-        assert_eq!(ids, [3, 4, 5]);
+        assert_eq!(taken.depth, 3);
+        assert_eq!(ids(&out), [3, 4, 5]);
+        assert_eq!(s.take(&mut VecDeque::new(), 256).lost, None);
+    }
+
+    #[test]
+    fn take_moves_at_most_max_in_order_and_keeps_the_rest() {
+        let s = Subscriber::new(100, true, true, true);
+        let batch: Vec<_> = (1..=10).map(|id| event(id, Kind::Reading)).collect();
+        s.push_batch(&batch[..4]);
+        s.push_batch(&batch[4..]);
+        let mut out = VecDeque::new();
+        s.take(&mut out, 3);
+        assert_eq!(ids(&out), [1, 2, 3]);
+        // `out` is not empty: appended, not swapped.
+        s.take(&mut out, 3);
+        assert_eq!(ids(&out), [1, 2, 3, 4, 5, 6]);
+        out.clear();
+        let taken = s.take(&mut out, 256);
+        assert_eq!(taken.depth, 4);
+        assert_eq!(ids(&out), [7, 8, 9, 10]);
+        assert!(s.is_empty());
     }
 
     #[test]
@@ -205,8 +278,14 @@ mod tests {
         let s = Subscriber::new(4, false, true, true);
         assert!(s.wants(Kind::Reading));
         assert!(!s.wants(Kind::Anomaly));
+        let batch = [event(1, Kind::Reading), event(2, Kind::Anomaly)];
+        assert_eq!(s.push_batch(&batch).filtered, 1);
         s.set_include_anomalies(true);
         assert!(s.wants(Kind::Anomaly));
+        assert_eq!(s.push_batch(&batch).filtered, 0);
+        let mut out = VecDeque::new();
+        s.take(&mut out, 256);
+        assert_eq!(ids(&out), [1, 1, 2]);
         let only_anomalies = Subscriber::new(4, true, false, true);
         assert!(!only_anomalies.wants(Kind::Reading));
     }

@@ -129,7 +129,7 @@ async fn write_batch(
     let mut len = 0;
     for item in items {
         match item {
-            Item::Event(ev) => len += ev.sse.len(),
+            Item::Event(ev) => len += ev.sse().len(),
             other => {
                 let start = scratch.len();
                 write_item(scratch, other);
@@ -152,7 +152,7 @@ async fn write_batch(
     slices.push(IoSlice::new(&size[..size_len]));
     for item in items {
         slices.push(IoSlice::new(match item {
-            Item::Event(ev) => &ev.sse,
+            Item::Event(ev) => ev.sse(),
             _ => &scratch[spans.next().unwrap_or_default()],
         }));
     }

@@ -91,6 +91,9 @@ pub(crate) struct Opened {
 pub(crate) struct Session {
     shared: Arc<Shared>,
     sub: Arc<Subscriber>,
+    /// Events taken from the queue and not yet handed out (at most one
+    /// [`MAX_BATCH`]; see [`Subscriber::take`]).
+    taken: VecDeque<Arc<Event>>,
     claims: Claims,
     devices: HashSet<DeviceKey>,
     filter: Option<HashSet<DeviceKey>>,
@@ -149,6 +152,7 @@ impl Session {
             app_expiry: instant_at(o.app_expires_at_ms),
             shared,
             sub,
+            taken: VecDeque::new(),
             claims: o.claims,
             devices: o.devices,
             filter: o.filter,
@@ -219,7 +223,7 @@ impl Session {
 
     /// Whether nothing is waiting to be sent.
     pub(crate) fn is_idle(&self) -> bool {
-        self.pending.is_empty() && self.sub.is_empty()
+        self.pending.is_empty() && self.taken.is_empty() && self.sub.is_empty()
     }
 
     /// Waits for something to say, then moves it into `out`. Returns
@@ -287,24 +291,33 @@ impl Session {
             out.push(item);
             n += 1;
         }
-        let depth = self.sub.len();
-        if let Some(lost) = self.sub.take_lost() {
-            self.app_metrics.dropped.inc_by(lost.count);
-            out.push(gap(
-                "slow-consumer",
-                Some(lost.from_id.saturating_sub(1)),
-                lost.to_id,
-            ));
-            self.shared.metrics.gaps_sent.inc();
-            if self.shared.cfg.overflow == OverflowPolicy::Disconnect {
-                self.ended = Some(End::SlowConsumer);
-                return self.ended;
+        let mut depth = None;
+        if self.taken.is_empty() && n < MAX_BATCH {
+            // Only when everything taken before is out: a loss report then
+            // precedes exactly the events that followed the loss.
+            if self.taken.capacity() > 2 * MAX_BATCH {
+                self.taken = VecDeque::new();
+            }
+            let taken = self.sub.take(&mut self.taken, MAX_BATCH);
+            depth = Some(taken.depth);
+            if let Some(lost) = taken.lost {
+                self.app_metrics.dropped.inc_by(lost.count);
+                out.push(gap(
+                    "slow-consumer",
+                    Some(lost.from_id.saturating_sub(1)),
+                    lost.to_id,
+                ));
+                self.shared.metrics.gaps_sent.inc();
+                if self.shared.cfg.overflow == OverflowPolicy::Disconnect {
+                    self.ended = Some(End::SlowConsumer);
+                    return self.ended;
+                }
             }
         }
         let mut oldest = None;
         let mut delivered = 0u64;
         while n < MAX_BATCH {
-            let Some(ev) = self.sub.pop() else { break };
+            let Some(ev) = self.taken.pop_front() else { break };
             if self.purged(&ev) {
                 continue;
             }
@@ -326,7 +339,9 @@ impl Session {
                 metrics
                     .delivery_latency
                     .observe(now.duration_since(t.into()).as_secs_f64());
-                metrics.queue_depth.observe(depth as f64);
+                if let Some(depth) = depth {
+                    metrics.queue_depth.observe(depth as f64);
+                }
                 self.app_metrics.last_delivery.set(now_ms() as f64 / 1000.0);
             }
         }

@@ -62,7 +62,7 @@ pub(super) fn write_item(out: &mut BytesMut, item: &Item) {
 }
 
 fn write_event(out: &mut BytesMut, ev: &Event) {
-    out.put_slice(&ev.sse);
+    out.put_slice(ev.sse());
 }
 
 /// The `200 text/event-stream` response for an authorised stream.

@@ -141,9 +141,9 @@ fn error_close(e: axum::Error) -> (u16, &'static str) {
 fn message(item: &Item, binary: bool) -> Message {
     match item {
         Item::Event(ev) if binary => {
-            let mut out = Vec::with_capacity(9 + ev.device.id.len() + ev.frame.len());
+            let mut out = Vec::with_capacity(9 + ev.device.id.len() + ev.frame().len());
             sensegate_ingest_proto::encode_ws_event_header(ev.id, &ev.device.id, &mut out);
-            out.extend_from_slice(&ev.frame);
+            out.extend_from_slice(ev.frame());
             Message::Binary(out.into())
         }
         Item::Event(ev) => {
