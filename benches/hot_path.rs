@@ -111,7 +111,8 @@ fn fan_out(c: &mut Criterion) {
     let mut g = c.benchmark_group("router_publish_one_device");
     for subs in [1usize, 100, 10_000] {
         let (router, subscribers, slot) = one_device(subs);
-        let mut locals: Vec<VecDeque<Arc<Event>>> = subscribers.iter().map(|_| VecDeque::new()).collect();
+        let mut locals: Vec<VecDeque<Arc<Event>>> =
+            subscribers.iter().map(|_| VecDeque::new()).collect();
         let mut seq = 1;
         // Deliveries per iteration: BATCH events to every subscriber, and
         // every subscriber drains its queue (the consumer's pop is part of
@@ -150,7 +151,8 @@ fn fan_out(c: &mut Criterion) {
             s
         })
         .collect();
-    let mut locals: Vec<VecDeque<Arc<Event>>> = subscribers.iter().map(|_| VecDeque::new()).collect();
+    let mut locals: Vec<VecDeque<Arc<Event>>> =
+        subscribers.iter().map(|_| VecDeque::new()).collect();
     let slots: Vec<_> = keys.iter().map(|k| router.slot_or_create(k)).collect();
     let t = validate_telemetry(&payload).unwrap();
     let mut seq = 1;
@@ -184,7 +186,8 @@ fn fan_out_with_metrics(c: &mut Criterion) {
     let mut g = c.benchmark_group("router_publish_one_device_with_metrics");
     let subs = 100usize;
     let (router, subscribers, slot) = one_device(subs);
-    let mut locals: Vec<VecDeque<Arc<Event>>> = subscribers.iter().map(|_| VecDeque::new()).collect();
+    let mut locals: Vec<VecDeque<Arc<Event>>> =
+        subscribers.iter().map(|_| VecDeque::new()).collect();
     let mut seq = 1;
     let mut sampled_at = std::time::Instant::now();
     g.throughput(Throughput::Elements(BATCH * subs as u64));

@@ -137,6 +137,10 @@ pub(crate) struct BrokerArgs {
     /// Seconds an event stays resumable.
     #[arg(long, env = "SENSEGATE_RING_AGE", default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     ring_age: u64,
+    /// MiB all devices' replay rings may take together; past it the oldest
+    /// events go first, whichever device sent them.
+    #[arg(long, env = "SENSEGATE_RING_MEMORY_MIB", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    ring_memory_mib: u64,
     /// Events a stream's queue holds before the slow-consumer policy applies.
     #[arg(long, env = "SENSEGATE_SUBSCRIBER_QUEUE", default_value_t = 8192, value_parser = clap::value_parser!(u64).range(16..=1_000_000))]
     subscriber_queue: u64,
@@ -171,6 +175,7 @@ impl BrokerArgs {
         cfg.ring = RingConfig {
             max_events: self.ring_events as usize,
             max_age: Duration::from_secs(self.ring_age),
+            max_bytes: (self.ring_memory_mib as usize).saturating_mul(1 << 20),
         };
         cfg.subscriber_queue = self.subscriber_queue as usize;
         cfg.overflow = match self.slow_consumer {

@@ -62,6 +62,14 @@ impl Event {
     pub fn frame(&self) -> &[u8] {
         &self.buf[self.frame_start as usize..]
     }
+
+    /// Memory this event holds while the router retains it: its buffer, the
+    /// struct behind its `Arc` (with the two reference counts), its slot in
+    /// the device ring and its entry in the router's id-ordered list.
+    pub fn retained_bytes(&self) -> usize {
+        const WORD: usize = std::mem::size_of::<usize>();
+        self.buf.capacity() + std::mem::size_of::<Event>() + 2 * WORD + WORD + 2 * WORD
+    }
 }
 
 /// The rendered parts of an event before it has an id.
@@ -271,7 +279,10 @@ mod tests {
         assert_eq!(json["deviceId"], "d-1");
         assert_eq!(json["readings"]["t"], 1.5);
         let sse = std::str::from_utf8(e.sse()).unwrap();
-        assert!(sse.starts_with("id: 42\nevent: telemetry\ndata: {"), "{sse}");
+        assert!(
+            sse.starts_with("id: 42\nevent: telemetry\ndata: {"),
+            "{sse}"
+        );
         assert!(sse.ends_with("}\n\n"), "{sse}");
     }
 

@@ -208,7 +208,7 @@ async fn telemetry(
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
     mut buf: BytesMut,
-    slot: &DeviceSlot,
+    slot: &Arc<DeviceSlot>,
     key_hash: &[u8; 32],
     shared: &Shared,
 ) -> Option<End> {
@@ -294,7 +294,7 @@ async fn telemetry(
     }
 }
 
-fn publish(shared: &Shared, slot: &DeviceSlot, pending: &mut Vec<PendingEvent>) {
+fn publish(shared: &Shared, slot: &Arc<DeviceSlot>, pending: &mut Vec<PendingEvent>) {
     let p = shared.router.publish(slot, pending.drain(..));
     shared.metrics.frames_accepted.inc_by(p.accepted);
     shared.metrics.duplicates.inc_by(p.duplicates);

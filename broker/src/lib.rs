@@ -48,7 +48,7 @@ pub struct BrokerConfig {
     pub issuer: String,
     /// Silence after which a stream gets a keep-alive comment (default 15 s).
     pub heartbeat: Duration,
-    /// Replay ring bounds (default 10,000 events / 15 minutes per device).
+    /// Replay ring bounds (default 10,000 events per device, 15 minutes, 1 GiB in all).
     pub ring: RingConfig,
     /// Events a subscriber's queue holds before it drops the oldest (default 8,192).
     pub subscriber_queue: usize,

@@ -17,7 +17,12 @@
 //!   added under the same lock and learns the last id published before it
 //!   joined: everything at or below it comes from the rings, everything above
 //!   it from the queue, with no gap and no duplicate.
-//! - Rings are bounded by count and by age; evicting happens on append.
+//! - Rings are bounded by count per device, and all of them together by age
+//!   and by memory ([`RingConfig::max_bytes`]): the sequencer keeps every
+//!   retained event in one id-ordered list, so the globally oldest event is
+//!   the one that goes when the budget is exceeded. Why a global bound: the
+//!   per-device count alone let 1,000 busy devices hold 10 million events
+//!   (~6 GiB), and growing the heap that far cost more CPU than ingest.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
@@ -39,6 +44,9 @@ pub struct RingConfig {
     pub max_events: usize,
     /// Oldest event kept.
     pub max_age: Duration,
+    /// Most memory all retained events may take together (their buffers and
+    /// bookkeeping, see [`Event::retained_bytes`]); past it the oldest go.
+    pub max_bytes: usize,
 }
 
 impl Default for RingConfig {
@@ -46,6 +54,7 @@ impl Default for RingConfig {
         RingConfig {
             max_events: 10_000,
             max_age: Duration::from_secs(15 * 60),
+            max_bytes: 1 << 30,
         }
     }
 }
@@ -111,11 +120,19 @@ pub struct Published {
     pub filtered: u64,
 }
 
+/// What the sequencer lock protects: the id allocator and every retained
+/// event in id order (for the global age and memory bounds).
+struct Sequencer {
+    ids: EventIds,
+    retained: VecDeque<(Arc<Event>, Arc<DeviceSlot>)>,
+    retained_bytes: usize,
+}
+
 /// The router. One per broker.
 pub struct Router {
     shards: Box<[Shard]>,
     hasher: std::collections::hash_map::RandomState,
-    sequencer: Mutex<EventIds>,
+    sequencer: Mutex<Sequencer>,
     ring: RingConfig,
 }
 
@@ -125,7 +142,11 @@ impl Router {
         Router {
             shards: (0..shards.max(1)).map(|_| Shard::default()).collect(),
             hasher: Default::default(),
-            sequencer: Mutex::new(ids),
+            sequencer: Mutex::new(Sequencer {
+                ids,
+                retained: VecDeque::new(),
+                retained_bytes: 0,
+            }),
             ring,
         }
     }
@@ -167,13 +188,13 @@ impl Router {
     /// appends to the ring and fans out. Never waits on a subscriber.
     pub fn publish(
         &self,
-        slot: &DeviceSlot,
+        slot: &Arc<DeviceSlot>,
         batch: impl IntoIterator<Item = PendingEvent>,
     ) -> Published {
         let now = Instant::now();
         let mut out = Published::default();
         let subscribers = slot.subscribers.load();
-        let mut ids = self.sequencer.lock();
+        let mut seq = self.sequencer.lock();
         let mut ring = slot.ring.lock();
         let mut last_seq = slot.last_seq.load(Ordering::Relaxed);
         let mut accepted = Vec::new();
@@ -183,13 +204,15 @@ impl Router {
                 continue;
             }
             last_seq = p.seq;
-            let ev = Arc::new(p.into_event(ids.next_id(), slot.key.clone(), now));
+            let ev = Arc::new(p.into_event(seq.ids.next_id(), slot.key.clone(), now));
             if ring.events.len() >= self.ring.max_events {
                 ring.evict_front();
             }
             if !subscribers.is_empty() {
                 accepted.push(ev.clone());
             }
+            seq.retained_bytes += ev.retained_bytes();
+            seq.retained.push_back((ev.clone(), slot.clone()));
             ring.events.push_back(ev);
             out.accepted += 1;
         }
@@ -199,16 +222,33 @@ impl Router {
             out.filtered += pushed.filtered;
             out.overflowed += pushed.overflowed;
         }
-        drop(ids);
-        while ring
-            .events
-            .front()
-            .is_some_and(|e| now.duration_since(e.accepted_at) > self.ring.max_age)
-        {
-            ring.evict_front();
-        }
         slot.last_seq.store(last_seq, Ordering::Release);
+        // Our own ring may hold the oldest event: unlock it before evicting.
+        drop(ring);
+        self.evict(&mut seq, now);
         out
+    }
+
+    /// Lets go of the oldest retained events while they are too old or
+    /// together take more than the memory budget. Runs under the sequencer,
+    /// holding no ring lock: it takes one ring lock at a time.
+    fn evict(&self, seq: &mut Sequencer, now: Instant) {
+        while let Some((ev, slot)) = seq.retained.front() {
+            let too_old = now.saturating_duration_since(ev.accepted_at) > self.ring.max_age;
+            if !too_old && seq.retained_bytes <= self.ring.max_bytes {
+                break;
+            }
+            {
+                // Per-device rings evict in id order too, so the event is
+                // either still at its ring's front or already gone (count bound).
+                let mut ring = slot.ring.lock();
+                if ring.events.front().is_some_and(|f| f.id == ev.id) {
+                    ring.evict_front();
+                }
+            }
+            seq.retained_bytes -= ev.retained_bytes();
+            seq.retained.pop_front();
+        }
     }
 
     /// Adds `sub` to every device in `devices`. Returns the last id published
@@ -222,13 +262,13 @@ impl Router {
             .into_iter()
             .map(|d| self.slot_or_create(d))
             .collect();
-        let ids = self.sequencer.lock();
+        let seq = self.sequencer.lock();
         for slot in slots {
             let mut next = Vec::clone(&slot.subscribers.load());
             next.push(sub.clone());
             slot.subscribers.store(Arc::new(next));
         }
-        ids.last()
+        seq.ids.last()
     }
 
     /// Removes `sub` from every device in `devices`.
@@ -237,7 +277,7 @@ impl Router {
         sub: &Arc<Subscriber>,
         devices: impl IntoIterator<Item = &'a DeviceKey>,
     ) {
-        let _ids = self.sequencer.lock();
+        let _seq = self.sequencer.lock();
         for d in devices {
             if let Some(slot) = self.slot(d) {
                 let current = slot.subscribers.load();
@@ -285,12 +325,12 @@ impl Router {
 
     /// The first id of this boot (see [`EventIds::boot_floor`]).
     pub fn boot_floor(&self) -> u64 {
-        self.sequencer.lock().boot_floor()
+        self.sequencer.lock().ids.boot_floor()
     }
 
     /// The last id handed out.
     pub fn last_id(&self) -> u64 {
-        self.sequencer.lock().last()
+        self.sequencer.lock().ids.last()
     }
 }
 
@@ -418,6 +458,7 @@ mod tests {
             RingConfig {
                 max_events: 4,
                 max_age: Duration::from_secs(60),
+                ..RingConfig::default()
             },
         );
         let a = DeviceKey::new("t", "a");
@@ -426,6 +467,76 @@ mod tests {
         let all = r.replay([&a], 0, u64::MAX);
         assert_eq!(all.events.len(), 4);
         assert_eq!(all.evicted_through, all.events[0].id - 1);
+    }
+
+    #[test]
+    fn the_memory_budget_lets_the_globally_oldest_events_go() {
+        let one = pending(1, Kind::Reading);
+        let size =
+            Arc::new(one.into_event(1, DeviceKey::new("t", "x"), Instant::now())).retained_bytes();
+        // Room for five events in all.
+        let r = Router::new(
+            4,
+            EventIds::with_epoch(1),
+            RingConfig {
+                max_bytes: 5 * size,
+                ..RingConfig::default()
+            },
+        );
+        let (a, b) = (DeviceKey::new("t", "a"), DeviceKey::new("t", "b"));
+        let (sa, sb) = (r.slot_or_create(&a), r.slot_or_create(&b));
+        r.publish(&sa, (1..=3).map(|s| pending(s, Kind::Reading)));
+        r.publish(&sb, (1..=3).map(|s| pending(s, Kind::Reading)));
+        // Six events, room for five: a's first went, nothing of b's.
+        let ra = r.replay([&a], 0, u64::MAX);
+        let rb = r.replay([&b], 0, u64::MAX);
+        assert_eq!((ra.events.len(), rb.events.len()), (2, 3));
+        assert_eq!(ra.evicted_through, ra.events[0].id - 1);
+        assert_eq!(rb.evicted_through, 0);
+        r.publish(&sb, (4..=6).map(|s| pending(s, Kind::Reading)));
+        let (ra, rb) = (r.replay([&a], 0, u64::MAX), r.replay([&b], 0, u64::MAX));
+        assert_eq!((ra.events.len(), rb.events.len()), (0, 5));
+        assert_eq!(r.sequencer.lock().retained_bytes, 5 * size);
+    }
+
+    #[test]
+    fn aged_events_go_even_when_their_device_is_quiet() {
+        let r = Router::new(
+            4,
+            EventIds::with_epoch(1),
+            RingConfig {
+                max_age: Duration::from_millis(1),
+                ..RingConfig::default()
+            },
+        );
+        let (a, b) = (DeviceKey::new("t", "a"), DeviceKey::new("t", "b"));
+        let (sa, sb) = (r.slot_or_create(&a), r.slot_or_create(&b));
+        r.publish(&sa, (1..=3).map(|s| pending(s, Kind::Reading)));
+        std::thread::sleep(Duration::from_millis(5));
+        // Only b publishes; a's events are past the age bound all the same.
+        r.publish(&sb, [pending(1, Kind::Reading)]);
+        let ra = r.replay([&a], 0, u64::MAX);
+        assert!(ra.events.is_empty());
+        assert!(ra.evicted_through > 0);
+        assert_eq!(r.replay([&b], 0, u64::MAX).events.len(), 1);
+    }
+
+    #[test]
+    fn events_past_the_count_bound_stay_counted_until_the_budget_drops_them() {
+        let r = Router::new(
+            1,
+            EventIds::with_epoch(1),
+            RingConfig {
+                max_events: 2,
+                ..RingConfig::default()
+            },
+        );
+        let a = DeviceKey::new("t", "a");
+        let slot = r.slot_or_create(&a);
+        r.publish(&slot, (1..=4).map(|s| pending(s, Kind::Reading)));
+        assert_eq!(r.replay([&a], 0, u64::MAX).events.len(), 2);
+        // The list still holds all four (memory is bounded by max_bytes).
+        assert_eq!(r.sequencer.lock().retained.len(), 4);
     }
 
     #[test]

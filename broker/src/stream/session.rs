@@ -317,7 +317,9 @@ impl Session {
         let mut oldest = None;
         let mut delivered = 0u64;
         while n < MAX_BATCH {
-            let Some(ev) = self.taken.pop_front() else { break };
+            let Some(ev) = self.taken.pop_front() else {
+                break;
+            };
             if self.purged(&ev) {
                 continue;
             }
