@@ -71,7 +71,7 @@ fn pendings(payload: &Bytes, first_seq: u64) -> Vec<PendingEvent> {
     let t = validate_telemetry(payload).unwrap();
     (0..BATCH)
         .map(|i| {
-            let mut p = PendingEvent::render("machine-1", t, &payload);
+            let mut p = PendingEvent::render("machine-1", t, payload);
             p.seq = first_seq + i;
             p
         })
