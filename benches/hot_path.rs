@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the hot path: frame encode and validate, event JSON
-//! rendering, router fan-out, and access-token verification.
+//! rendering, router fan-out and SSE chunk assembly. Token issuance and
+//! verification are in `benches/tokens.rs`.
 //!
 //! `cargo bench --bench hot_path` (add `-- --quick` for a short run).
 
@@ -9,6 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use sensegate_broker::access::DeviceKey;
+use sensegate_broker::chunk;
 use sensegate_broker::event::{Event, EventIds, PendingEvent};
 use sensegate_broker::router::{RingConfig, Router};
 use sensegate_broker::subscriber::Subscriber;
@@ -235,5 +237,29 @@ fn fan_out_with_metrics(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, codec, fan_out, fan_out_with_metrics);
+/// One stream's batch framed as an HTTP chunk for one `writev`, as the
+/// direct HTTP/1.1 path does it: a slice per pre-rendered record, no copy.
+/// Per event this is the whole per-subscriber egress work before the kernel.
+fn sse_chunk(c: &mut Criterion) {
+    let payload = frame(1);
+    let (router, subscribers, slot) = one_device(1);
+    router.publish(&slot, pendings(&payload, 1));
+    let mut batch = VecDeque::new();
+    subscribers[0].take(&mut batch, usize::MAX);
+    assert_eq!(batch.len() as u64, BATCH);
+    let mut g = c.benchmark_group("sse_chunk");
+    g.throughput(Throughput::Elements(BATCH));
+    g.bench_function(format!("gather_{BATCH}_events"), |b| {
+        b.iter(|| {
+            // As in the stream: the slice list is built per batch.
+            let mut size = [0u8; chunk::SIZE_LINE_MAX];
+            let mut slices = Vec::with_capacity(batch.len() + 2);
+            chunk::gather(batch.iter().map(|ev| ev.sse()), &mut size, &mut slices);
+            slices.len()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, codec, fan_out, fan_out_with_metrics, sse_chunk);
 criterion_main!(benches);

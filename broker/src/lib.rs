@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod access;
+pub mod chunk;
 pub mod conn;
 pub mod event;
 pub mod feed;

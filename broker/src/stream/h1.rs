@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 
 use super::session::{Item, Session};
 use super::sse::{write_item, PREAMBLE};
+use crate::chunk;
 use crate::conn::StreamHead;
 use crate::Shared;
 
@@ -126,37 +127,23 @@ async fn write_batch(
 ) -> io::Result<()> {
     scratch.clear();
     let mut spans = Vec::new();
-    let mut len = 0;
     for item in items {
-        match item {
-            Item::Event(ev) => len += ev.sse().len(),
-            other => {
-                let start = scratch.len();
-                write_item(scratch, other);
-                spans.push(start..scratch.len());
-            }
+        if !matches!(item, Item::Event(_)) {
+            let start = scratch.len();
+            write_item(scratch, item);
+            spans.push(start..scratch.len());
         }
     }
-    len += scratch.len();
-    if len == 0 {
+    let mut spans = spans.into_iter();
+    let parts = items.iter().map(|item| match item {
+        Item::Event(ev) => ev.sse(),
+        _ => &scratch[spans.next().unwrap_or_default()],
+    });
+    let mut size = [0u8; chunk::SIZE_LINE_MAX];
+    let mut slices = Vec::with_capacity(items.len() + 2);
+    if chunk::gather(parts, &mut size, &mut slices) == 0 {
         return Ok(());
     }
-    let mut size = [0u8; 20];
-    let size_len = {
-        let mut cursor = &mut size[..];
-        write!(cursor, "{len:x}\r\n")?;
-        20 - cursor.len()
-    };
-    let mut spans = spans.into_iter();
-    let mut slices = Vec::with_capacity(items.len() + 2);
-    slices.push(IoSlice::new(&size[..size_len]));
-    for item in items {
-        slices.push(IoSlice::new(match item {
-            Item::Event(ev) => ev.sse(),
-            _ => &scratch[spans.next().unwrap_or_default()],
-        }));
-    }
-    slices.push(IoSlice::new(b"\r\n"));
     let mut slices = &mut slices[..];
     while !slices.is_empty() {
         let n = tcp.write_vectored(slices).await?;
