@@ -352,7 +352,8 @@ pub(crate) async fn run(scenario: &str, target: Target, plan: Plan, t: &Tuning) 
     let until = start + t.duration;
     let window = t.window * plan.subscribers as u64;
     let mut tasks = Vec::new();
-    for (d, p) in publishers {
+    let count = publishers.len().max(1) as f64;
+    for (i, (d, p)) in publishers.into_iter().enumerate() {
         let pace = Pace {
             batch: t.batch,
             rate: t.rate,
@@ -360,6 +361,7 @@ pub(crate) async fn run(scenario: &str, target: Target, plan: Plan, t: &Tuning) 
             window,
             drain: t.drain,
             ack_window: t.ack_window,
+            phase: i as f64 / count,
         };
         tasks.push(tokio::spawn(publisher::run(
             p,

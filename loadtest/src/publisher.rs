@@ -245,6 +245,12 @@ pub(crate) struct Pace {
     pub(crate) drain: Duration,
     /// QUIC: events a device may send beyond the broker's last ack.
     pub(crate) ack_window: u64,
+    /// At a fixed rate, where in its period this publisher sends, as a
+    /// fraction in `[0, 1)`. Publishers are spread evenly over the period:
+    /// started in step, N devices at R events/s would send in bursts of N
+    /// every 1/R s, and the latency measured would be the time the broker
+    /// takes to work through a burst, not a fleet's steady state.
+    pub(crate) phase: f64,
 }
 
 /// Sends until `until`, then finishes.
@@ -260,9 +266,10 @@ pub(crate) async fn run(
     while Instant::now() < until {
         let n = match pace.rate {
             Some(rate) => {
-                let due = (start.elapsed().as_secs_f64() * rate) as u64;
+                let due = (start.elapsed().as_secs_f64() * rate + pace.phase) as u64;
                 if due <= sent {
-                    let next = start + Duration::from_secs_f64((sent + 1) as f64 / rate);
+                    let next =
+                        start + Duration::from_secs_f64(((sent + 1) as f64 - pace.phase) / rate);
                     tokio::time::sleep_until(next.min(until)).await;
                     continue;
                 }
