@@ -25,11 +25,11 @@ use crate::error::AdminError;
 use crate::keys::Signer;
 use crate::Admin;
 
-/// One mutation in flight: holds the feed lock and an open transaction.
+/// One mutation in flight: holds the change lock and an open transaction.
 /// [`Change::commit`] bumps the feed version in the same transaction,
-/// commits, and installs the resulting snapshot before returning.
+/// commits, and returns once a snapshot at least that new is installed.
 pub(crate) struct Change<'a> {
-    _guard: tokio::sync::MutexGuard<'a, ()>,
+    guard: tokio::sync::MutexGuard<'a, ()>,
     tx: sqlx::Transaction<'static, sqlx::Any>,
     admin: &'a Admin,
 }
@@ -41,39 +41,57 @@ impl Change<'_> {
     }
 
     /// Commits the change and publishes it to the broker.
+    ///
+    /// The change lock is let go at the commit, before the snapshot is
+    /// built: changes that commit while one snapshot is being built are
+    /// all published by the next build (group commit), so provisioning
+    /// N devices concurrently costs far fewer than N full snapshots.
     pub(crate) async fn commit(self) -> Result<(), AdminError> {
         let Change {
-            _guard,
+            guard,
             mut tx,
             admin,
         } = self;
-        db::bump_version(&mut tx).await?;
+        let version = db::bump_version(&mut tx).await?;
         tx.commit().await?;
-        admin.publish_locked().await
+        drop(guard);
+        admin
+            .publish_through(u64::try_from(version).unwrap_or(0))
+            .await
     }
 }
 
 impl Admin {
     /// Starts a mutation (see [`Change`]).
     pub(crate) async fn change(&self) -> Result<Change<'_>, AdminError> {
-        let guard = self.inner.feed.lock().await;
+        let guard = self.inner.changes.lock().await;
         let tx = self.begin_write().await?;
         Ok(Change {
-            _guard: guard,
+            guard,
             tx,
             admin: self,
         })
     }
 
-    /// Builds and installs the current snapshot, and the token endpoint's
-    /// view from the same read. The caller holds the feed lock.
-    async fn publish_locked(&self) -> Result<(), AdminError> {
-        self.publish_if(0).await.map(|_| ())
+    /// Returns once a snapshot of at least `version` is installed: at once
+    /// if one is, after the build in progress if that covered it, else
+    /// after building and installing the current one.
+    async fn publish_through(&self, version: u64) -> Result<(), AdminError> {
+        if self.inner.published_version.load(Ordering::Acquire) >= version {
+            return Ok(());
+        }
+        let _guard = self.inner.feed.lock().await;
+        let published = self.inner.published_version.load(Ordering::Acquire);
+        if published >= version {
+            return Ok(());
+        }
+        self.publish_if(published).await.map(|_| ())
     }
 
-    /// [`Admin::publish_locked`], unless the database's version is not
-    /// above `floor` (nothing new to publish). Returns whether it
-    /// published.
+    /// Builds and installs the current snapshot, and the token endpoint's
+    /// view from the same read, unless the database's version is not above
+    /// `floor` (nothing new to publish). Returns whether it published. The
+    /// caller holds the feed lock.
     async fn publish_if(&self, floor: u64) -> Result<bool, AdminError> {
         let built = {
             let mut conn = self.inner.pool.acquire().await?;

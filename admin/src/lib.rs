@@ -92,8 +92,12 @@ struct Inner {
     sqlite: bool,
     cfg: AdminConfig,
     sink: Arc<dyn AccessSink>,
-    /// Serialises "change, commit, build snapshot, install" so snapshots are
-    /// installed in version order. Held across `.await` (it is async).
+    /// Serialises mutations in this process, from their first statement to
+    /// their commit. Held across `.await` (it is async).
+    changes: tokio::sync::Mutex<()>,
+    /// Serialises "build snapshot, install" so snapshots are installed in
+    /// version order; a change waits here after its commit (see
+    /// [`feed::Change::commit`]).
     feed: tokio::sync::Mutex<()>,
     /// What the token endpoint reads per request (clients and the active
     /// signing key), built with the last installed snapshot; read without
@@ -160,6 +164,7 @@ impl Admin {
                 sqlite: db::is_sqlite(&cfg.database_url),
                 cfg,
                 sink,
+                changes: tokio::sync::Mutex::new(()),
                 feed: tokio::sync::Mutex::new(()),
                 view: arc_swap::ArcSwap::from_pointee(feed::TokenView::default()),
                 published_version: std::sync::atomic::AtomicU64::new(0),

@@ -252,7 +252,40 @@ async fn group_names_are_unique_and_validated(h: &Harness) {
     assert_eq!(r.status, StatusCode::CONFLICT);
 }
 
+/// Changes made at once are published together by one snapshot build
+/// (group commit); each must still be in the broker's view by the time its
+/// request is answered, and snapshots must still arrive in version order
+/// (the recording sink asserts that).
+async fn concurrent_changes_are_each_published_before_they_are_answered(h: &Harness) {
+    const N: usize = 32;
+    let before = h.sink.snapshots.lock().len();
+    futures_util::future::join_all((0..N).map(|i| async move {
+        let id = format!("burst-{i}");
+        h.device(&id).await;
+        let last = h.sink.last();
+        assert!(
+            last.devices.iter().any(|d| d.id == id),
+            "{id} answered before a snapshot carrying it was installed"
+        );
+    }))
+    .await;
+    let last = h.sink.last();
+    assert_eq!(
+        last.devices
+            .iter()
+            .filter(|d| d.id.starts_with("burst-"))
+            .count(),
+        N
+    );
+    let installed = h.sink.snapshots.lock().len() - before;
+    assert!(
+        (1..=N).contains(&installed),
+        "{installed} snapshots for {N} changes"
+    );
+}
+
 both_backends!(
+    concurrent_changes_are_each_published_before_they_are_answered,
     device_view_edit_and_validation,
     device_key_rotation_and_disable_reach_the_broker,
     deleting_a_device_removes_it_everywhere,

@@ -169,17 +169,23 @@ pub(crate) async fn run(scenario: &str, target: Target, plan: Plan, t: &Tuning) 
                 .buffered(16)
                 .try_collect()
                 .await?;
-            let mut tokens = Vec::new();
             // Application names are unique per run even when runs share
             // their devices (--device-prefix).
             let run = rand::random::<u32>();
-            for g in 0..plan.groups.min(plan.subscribers) {
-                let ids: Vec<String> = plan.devices_of(g).into_iter().map(device).collect();
-                let (id, secret) = s
-                    .application(&format!("{prefix}app-{g}-{run:08x}"), &ids)
-                    .await?;
-                tokens.push(s.token(&id, &secret).await?);
-            }
+            let tokens: Vec<String> = stream::iter(0..plan.groups.min(plan.subscribers))
+                .map(|g| {
+                    let (s, prefix) = (&s, &prefix);
+                    let ids: Vec<String> = plan.devices_of(g).into_iter().map(device).collect();
+                    async move {
+                        let (id, secret) = s
+                            .application(&format!("{prefix}app-{g}-{run:08x}"), &ids)
+                            .await?;
+                        s.token(&id, &secret).await
+                    }
+                })
+                .buffered(16)
+                .try_collect()
+                .await?;
             let specs = (0..plan.subscribers)
                 .map(|j| SubSpec::Sse {
                     addr: s.http,
