@@ -179,8 +179,10 @@ pub(crate) struct Tuning {
     /// Measure the latency of one event in this many (per connection).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub(crate) sample_every: u64,
-    /// After sending stops, wait at most this long for deliveries still on their way.
-    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    /// After sending stops, wait at most this long for the broker's acks and
+    /// for deliveries still on their way (after UDP drops under overload,
+    /// QUIC loss recovery can back off for seconds).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub(crate) drain: Duration,
     /// QUIC client endpoints (UDP sockets) the devices share.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1024).map(|v| v as usize))]
