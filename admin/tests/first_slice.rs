@@ -105,19 +105,31 @@ async fn invalid_bodies_get_json_400_naming_the_field(h: &Harness) {
     }
 }
 
-async fn malformed_requests_get_json_400_never_plain_text(h: &Harness) {
+async fn malformed_requests_get_json_errors_never_plain_text(h: &Harness) {
     use axum::body::Body;
     use axum::http::Request;
     let auth = format!("Bearer {}", h.key);
     let cases = [
-        (Some("application/json"), "{not json"),
-        (Some("application/json"), "[1,2]"),
-        (Some("application/json"), ""),
-        (Some("text/plain"), "{}"),
-        (Some("application/x-www-form-urlencoded"), "id=a&name=b"),
-        (None, r#"{"id":"a","name":"b"}"#),
+        (
+            Some("application/json"),
+            "{not json",
+            StatusCode::BAD_REQUEST,
+        ),
+        (Some("application/json"), "[1,2]", StatusCode::BAD_REQUEST),
+        (Some("application/json"), "", StatusCode::BAD_REQUEST),
+        (Some("text/plain"), "{}", StatusCode::UNSUPPORTED_MEDIA_TYPE),
+        (
+            Some("application/x-www-form-urlencoded"),
+            "id=a&name=b",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            None,
+            r#"{"id":"a","name":"b"}"#,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
     ];
-    for (ct, body) in cases {
+    for (ct, body, status) in cases {
         let mut b = Request::builder()
             .method(Method::POST)
             .uri("/api/v1/devices")
@@ -126,8 +138,13 @@ async fn malformed_requests_get_json_400_never_plain_text(h: &Harness) {
             b = b.header("content-type", ct);
         }
         let r = h.send(b.body(Body::from(body)).unwrap()).await;
-        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{ct:?} {body}");
-        assert_eq!(r.body["error"], "invalid_request");
+        assert_eq!(r.status, status, "{ct:?} {body}");
+        let code = if status == StatusCode::BAD_REQUEST {
+            "invalid_request"
+        } else {
+            "unsupported_media_type"
+        };
+        assert_eq!(r.body["error"], code);
     }
 }
 
@@ -314,7 +331,7 @@ both_backends!(
     admin_key_is_required,
     devices_are_created_with_a_key_shown_once,
     invalid_bodies_get_json_400_naming_the_field,
-    malformed_requests_get_json_400_never_plain_text,
+    malformed_requests_get_json_errors_never_plain_text,
     application_token_carries_the_documented_claims,
     jwks_and_discovery_publish_the_verification_key,
     every_mutation_installs_a_newer_snapshot_first,

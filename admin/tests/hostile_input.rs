@@ -3,7 +3,8 @@
 
 mod common;
 
-use axum::http::StatusCode;
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
 use common::*;
 use serde_json::json;
 
@@ -67,4 +68,65 @@ async fn nul_bytes_and_odd_ids_never_reach_sql(h: &Harness) {
     );
 }
 
-both_backends!(nul_bytes_and_odd_ids_never_reach_sql);
+/// A body over the limit is `413` and one that is not JSON is `415`, each
+/// with the API's JSON error body, and neither creates anything.
+async fn oversized_or_non_json_bodies_get_their_own_status(h: &Harness) {
+    let request = |content_type: &str, body: Body, length: Option<usize>| {
+        let mut b = Request::builder()
+            .method(Method::POST)
+            .uri("/api/v1/devices")
+            .header(header::AUTHORIZATION, format!("Bearer {}", h.key))
+            .header(header::CONTENT_TYPE, content_type);
+        if let Some(n) = length {
+            b = b.header(header::CONTENT_LENGTH, n);
+        }
+        b.body(body).unwrap()
+    };
+    let huge = format!(
+        r#"{{"id":"big","name":"Big","metadata":{{"pad":"{}"}}}}"#,
+        "x".repeat(2 * 1024 * 1024)
+    );
+    // Declared up front, and streamed without a length.
+    let declared = request(
+        "application/json",
+        Body::from(huge.clone()),
+        Some(huge.len()),
+    );
+    let chunks: Vec<Result<String, std::io::Error>> = huge
+        .as_bytes()
+        .chunks(64 * 1024)
+        .map(|c| Ok(String::from_utf8(c.to_vec()).unwrap()))
+        .collect();
+    let streamed = request(
+        "application/json",
+        Body::from_stream(futures_util::stream::iter(chunks)),
+        None,
+    );
+    for req in [declared, streamed] {
+        let r = h.send(req).await;
+        assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{r:?}");
+        assert_eq!(r.body["error"], "payload_too_large");
+    }
+    let r = h
+        .send(request(
+            "text/plain",
+            Body::from(r#"{"id":"plain","name":"Plain"}"#),
+            None,
+        ))
+        .await;
+    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{r:?}");
+    assert_eq!(r.body["error"], "unsupported_media_type");
+    for id in ["big", "plain"] {
+        assert_eq!(
+            h.get(&format!("/api/v1/devices/{id}")).await.status,
+            StatusCode::NOT_FOUND
+        );
+    }
+    // A body within the limit still works.
+    h.device("fits").await;
+}
+
+both_backends!(
+    nul_bytes_and_odd_ids_never_reach_sql,
+    oversized_or_non_json_bodies_get_their_own_status,
+);

@@ -57,14 +57,29 @@ impl<S: Send + Sync, T: JsonRequest> FromRequest<S> for Body<T> {
             })
             .unwrap_or(false);
         if !json {
-            return Err(ApiError::bad_request(
-                "Content-Type must be application/json",
-            ));
+            return Err(ApiError::unsupported_media_type());
+        }
+        // A declared length over the limit is refused before reading; a
+        // chunked body is cut off at the limit.
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > MAX_BODY as u64) {
+            return Err(ApiError::payload_too_large(MAX_BODY));
         }
         let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY)
             .await
-            .map_err(|_| {
-                ApiError::bad_request(format!("body over {MAX_BODY} bytes or unreadable"))
+            .map_err(|e| {
+                if e.into_inner()
+                    .downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
+                    ApiError::payload_too_large(MAX_BODY)
+                } else {
+                    ApiError::bad_request("request body unreadable")
+                }
             })?;
         let mut de = serde_json::Deserializer::from_slice(&bytes);
         let value =

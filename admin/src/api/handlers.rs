@@ -119,7 +119,7 @@ impl JsonRequest for UpdateDevice {
 
 /// Creates a device; the response carries its ingest key, shown only here.
 #[utoipa::path(post, path = "/devices", tag = "devices", request_body = CreateDevice,
-    responses((status = 201, body = DeviceView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 201, body = DeviceView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
 pub(crate) async fn create_device(
     State(admin): State<Admin>,
     Extension(caller): Extension<Caller>,
@@ -173,7 +173,7 @@ pub(crate) async fn get_device(
 
 /// Edits a device's name and/or metadata.
 #[utoipa::path(patch, path = "/devices/{id}", tag = "devices", params(("id" = String, Path)), request_body = UpdateDevice,
-    responses((status = 200, body = DeviceView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = DeviceView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
 pub(crate) async fn update_device(
     State(admin): State<Admin>,
     Extension(caller): Extension<Caller>,
@@ -262,7 +262,7 @@ impl JsonRequest for UpdateGroup {
 }
 
 #[utoipa::path(post, path = "/device-groups", tag = "device-groups", request_body = CreateGroup,
-    responses((status = 201, body = GroupView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 201, body = GroupView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
 pub(crate) async fn create_group(
     State(admin): State<Admin>,
     Extension(caller): Extension<Caller>,
@@ -309,7 +309,7 @@ pub(crate) async fn get_group(
 /// Renames a group and/or replaces its members; applications naming the
 /// group follow at once.
 #[utoipa::path(patch, path = "/device-groups/{id}", tag = "device-groups", params(("id" = String, Path)), request_body = UpdateGroup,
-    responses((status = 200, body = GroupView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 200, body = GroupView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
 pub(crate) async fn update_group(
     State(admin): State<Admin>,
     Extension(caller): Extension<Caller>,
@@ -382,7 +382,7 @@ impl JsonRequest for UpdateApp {
 /// Creates an application; the response carries the Client Secret, shown
 /// only here.
 #[utoipa::path(post, path = "/applications", tag = "applications", request_body = CreateApp,
-    responses((status = 201, body = AppView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 201, body = AppView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
 pub(crate) async fn create_app(
     State(admin): State<Admin>,
     Extension(caller): Extension<Caller>,
@@ -428,7 +428,7 @@ pub(crate) async fn get_app(
 
 /// Edits name, anomalies, devices and/or groups; open streams follow at once.
 #[utoipa::path(patch, path = "/applications/{id}", tag = "applications", params(("id" = String, Path)), request_body = UpdateApp,
-    responses((status = 200, body = AppView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 200, body = AppView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
 pub(crate) async fn update_app(
     State(admin): State<Admin>,
     Extension(caller): Extension<Caller>,

@@ -171,7 +171,8 @@ fn secure(doc: &mut utoipa::openapi::OpenApi) {
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct ErrorBody {
     /// `invalid_request`, `unauthorized`, `not_found`,
-    /// `method_not_allowed`, `conflict` or `internal`.
+    /// `method_not_allowed`, `conflict`, `payload_too_large`,
+    /// `unsupported_media_type` or `internal`.
     error: &'static str,
     /// What went wrong, for a human.
     message: String,
@@ -195,6 +196,26 @@ impl ApiError {
             status: StatusCode::BAD_REQUEST,
             code: "invalid_request",
             message: message.into(),
+            field: None,
+        }
+    }
+
+    /// `413`: the body is over the admin API's limit.
+    fn payload_too_large(limit: usize) -> Self {
+        ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: "payload_too_large",
+            message: format!("request body over {limit} bytes"),
+            field: None,
+        }
+    }
+
+    /// `415`: the body is not JSON.
+    fn unsupported_media_type() -> Self {
+        ApiError {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            code: "unsupported_media_type",
+            message: "Content-Type must be application/json".into(),
             field: None,
         }
     }
