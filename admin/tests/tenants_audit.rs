@@ -263,6 +263,15 @@ async fn the_audit_log_records_who_did_what_without_secrets(h: &Harness) {
     let next = page.str("nextCursor");
     let rest = h.get(&format!("/api/v1/audit?limit=3&cursor={next}")).await;
     assert_ne!(rest.body["items"][0]["id"], page.body["items"][0]["id"]);
+    // A cursor this API did not hand out is refused, not read as a position.
+    let simple = next.replace('-', "");
+    let upper = next.to_uppercase();
+    let bad_cursors = ["garbage", "-5", &simple, &upper];
+    for bad in bad_cursors.into_iter().filter(|c| *c != next) {
+        let r = h.get(&format!("/api/v1/audit?cursor={bad}")).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {r:?}");
+        assert_eq!(r.body["field"], "cursor", "{bad}");
+    }
     let future = h
         .get(&format!(
             "/api/v1/audit?since={}",

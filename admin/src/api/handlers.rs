@@ -546,7 +546,14 @@ pub(crate) async fn list_audit(
         actor: nonempty(q.actor),
         target_type: nonempty(q.target_type),
         target_id: nonempty(q.target_id),
-        cursor: nonempty(q.cursor),
+        // Audit cursors are entry ids (UUIDs): anything else could only
+        // compare as some arbitrary position in the log.
+        cursor: nonempty(q.cursor)
+            .map(|c| match uuid::Uuid::parse_str(&c) {
+                Ok(id) if id.hyphenated().to_string() == c => Ok(c),
+                _ => Err(AdminError::invalid("cursor", "not a cursor from this API")),
+            })
+            .transpose()?,
         limit: limit(q.limit)?,
     };
     Ok(list(admin.audit(&caller.tenant, &f).await?))
