@@ -95,7 +95,29 @@ impl Admin {
         }
         crate::keys::ensure(change.conn(), now).await?;
         change.commit().await?;
+        if tenants != 0 {
+            self.warn_if_bootstrap_key_unknown().await?;
+        }
         Ok(generated)
+    }
+
+    /// The bootstrap key only takes effect on an empty database. An operator
+    /// who sets it against a database bootstrapped earlier (say, a data
+    /// directory left by `serve --demo`) would otherwise get a 401 on every
+    /// call with no hint why; say so once at start. The key is never logged.
+    async fn warn_if_bootstrap_key_unknown(&self) -> Result<(), AdminError> {
+        let Some(key) = &self.inner.cfg.bootstrap_admin_key else {
+            return Ok(());
+        };
+        if self.authenticate(key).await?.is_none() {
+            tracing::warn!(
+                "SENSEGATE_BOOTSTRAP_ADMIN_KEY is ignored: this database was bootstrapped \
+                 earlier and the key is not one of its admin keys, so requests using it get 401; \
+                 use the admin key printed at first start, create one with \
+                 `sensegate admin key create`, or start on a fresh --data-dir"
+            );
+        }
+        Ok(())
     }
 
     /// Creates a tenant (`sensegate admin tenant create NAME`). The name is

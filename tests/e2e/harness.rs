@@ -51,12 +51,22 @@ pub(crate) enum Mode {
 /// The cluster key split-mode tests use.
 pub(crate) const CLUSTER_KEY: &str = "sg-test-cluster-key-0123456789abcdef";
 
-/// Spawns `sensegate ARGS`, collecting its output into `output`; returns the
-/// child and the text after `listening ` on its first such line.
+/// Spawns `sensegate ARGS` with [`ADMIN_KEY`] as the bootstrap key.
 fn spawn(args: &[String], output: &Arc<Mutex<String>>) -> (Child, String) {
+    spawn_with_key(args, ADMIN_KEY, output)
+}
+
+/// Spawns `sensegate ARGS` with `admin_key` as the bootstrap key, collecting
+/// its output into `output`; returns the child and the text after
+/// `listening ` on its first such line.
+fn spawn_with_key(
+    args: &[String],
+    admin_key: &str,
+    output: &Arc<Mutex<String>>,
+) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_sensegate"))
         .args(args)
-        .env("SENSEGATE_BOOTSTRAP_ADMIN_KEY", ADMIN_KEY)
+        .env("SENSEGATE_BOOTSTRAP_ADMIN_KEY", admin_key)
         .env("SENSEGATE_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -140,17 +150,27 @@ fn addr_in(line: &str, key: &str) -> SocketAddr {
 impl Server {
     /// Starts `sensegate serve` with extra arguments.
     pub(crate) fn start(extra: &[&str]) -> Server {
-        Self::start_in(Arc::new(tempfile::tempdir().expect("temp dir")), extra)
+        Self::start_in(
+            Arc::new(tempfile::tempdir().expect("temp dir")),
+            ADMIN_KEY,
+            extra,
+        )
     }
 
     /// Stops this process and starts a new one on the same data dir.
     pub(crate) fn restart(self, extra: &[&str]) -> Server {
-        let dir = self.data_dir.clone();
-        drop(self);
-        Self::start_in(dir, extra)
+        self.restart_with_admin_key(ADMIN_KEY, extra)
     }
 
-    fn start_in(data_dir: Arc<tempfile::TempDir>, extra: &[&str]) -> Server {
+    /// Like [`Server::restart`], with another bootstrap admin key in the
+    /// environment.
+    pub(crate) fn restart_with_admin_key(self, admin_key: &str, extra: &[&str]) -> Server {
+        let dir = self.data_dir.clone();
+        drop(self);
+        Self::start_in(dir, admin_key, extra)
+    }
+
+    fn start_in(data_dir: Arc<tempfile::TempDir>, admin_key: &str, extra: &[&str]) -> Server {
         let output = Arc::new(Mutex::new(String::new()));
         let mut args: Vec<String> = [
             "serve",
@@ -165,7 +185,7 @@ impl Server {
         .collect();
         args.push(data_dir.path().display().to_string());
         args.extend(extra.iter().map(|s| s.to_string()));
-        let (child, line) = spawn(&args, &output);
+        let (child, line) = spawn_with_key(&args, admin_key, &output);
         let http = addr_in(&line, "http=");
         Server {
             http,
