@@ -20,7 +20,7 @@ use crate::report::{thousands, Report, Shape};
 use crate::server::{Server, ServerArgs};
 use crate::stats::{new_histogram, Counters, Latency, ProcWatch};
 use crate::subscriber::{spawn_readers, ReaderConfig, Shared, SubSpec};
-use crate::Tuning;
+use crate::{Transport, Tuning};
 
 /// Who publishes to whom.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,7 +75,7 @@ impl Plan {
 
 /// The broker under test.
 pub(crate) enum Target {
-    SenseGate(ServerArgs),
+    SenseGate(ServerArgs, Transport),
     Mqtt(SocketAddr),
     Nats(SocketAddr),
 }
@@ -132,7 +132,7 @@ pub(crate) async fn run(scenario: &str, target: Target, plan: Plan, t: &Tuning) 
     // the workload does not change).
     let needed = plan.subscribers.div_ceil(t.streams_per_app);
     let plan = match target {
-        Target::SenseGate(_) if plan.groups < needed => {
+        Target::SenseGate(..) if plan.groups < needed => {
             if plan.partition {
                 bail!(
                     "{} subscribers over {} partitioned applications exceed --streams-per-app {}",
@@ -152,7 +152,7 @@ pub(crate) async fn run(scenario: &str, target: Target, plan: Plan, t: &Tuning) 
     // Provision and describe every subscription.
     let mut server = None;
     let (target_name, address, specs, keys) = match &target {
-        Target::SenseGate(args) => {
+        Target::SenseGate(args, transport) => {
             let s = Server::start(args).await?;
             eprintln!("sensegate: http={} quic={} pid={:?}", s.http, s.quic, s.pid);
             let keys: Vec<String> = stream::iter(0..plan.devices)
@@ -187,14 +187,21 @@ pub(crate) async fn run(scenario: &str, target: Target, plan: Plan, t: &Tuning) 
                 .try_collect()
                 .await?;
             let specs = (0..plan.subscribers)
-                .map(|j| SubSpec::Sse {
-                    addr: s.http,
-                    token: tokens[plan.group_of(j)].clone(),
+                .map(|j| {
+                    let (addr, token) = (s.http, tokens[plan.group_of(j)].clone());
+                    match transport {
+                        Transport::Sse => SubSpec::Sse { addr, token },
+                        Transport::Ws => SubSpec::Ws { addr, token },
+                    }
                 })
                 .collect();
             let addr = format!("http={} quic={}", s.http, s.quic);
             server = Some(s);
-            ("sensegate", addr, specs, keys)
+            let name = match transport {
+                Transport::Sse => "sensegate",
+                Transport::Ws => "sensegate-ws",
+            };
+            (name, addr, specs, keys)
         }
         Target::Mqtt(addr) => {
             let specs = (0..plan.subscribers)
@@ -287,7 +294,7 @@ pub(crate) async fn run(scenario: &str, target: Target, plan: Plan, t: &Tuning) 
     let mut endpoints = Vec::new();
     if plan.publish {
         match (&target, &server) {
-            (Target::SenseGate(_), Some(s)) => {
+            (Target::SenseGate(..), Some(s)) => {
                 let config = client_config(s.trust.clone())?;
                 for _ in 0..t.endpoints.clamp(1, plan.devices.max(1)) {
                     endpoints.push(endpoint_for(s.quic)?);
@@ -347,7 +354,7 @@ pub(crate) async fn run(scenario: &str, target: Target, plan: Plan, t: &Tuning) 
                     publishers.push((d, p));
                 }
             }
-            (Target::SenseGate(_), None) => unreachable!("a SenseGate target always has a server"),
+            (Target::SenseGate(..), None) => unreachable!("a SenseGate target always has a server"),
         }
     }
 

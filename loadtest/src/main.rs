@@ -20,6 +20,7 @@ mod stats;
 mod subscriber;
 mod tally;
 mod token;
+mod ws;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -57,13 +58,16 @@ enum Cmd {
         #[command(flatten)]
         out: Output,
     },
-    /// M SSE subscribers over K applications, counting what arrives (run a
-    /// `fleet` with the same --device-prefix to feed them).
+    /// M SSE or WebSocket subscribers over K applications, counting what
+    /// arrives (run a `fleet` with the same --device-prefix to feed them).
     Subscribers {
         #[command(flatten)]
         server: ServerArgs,
         #[command(flatten)]
         fan: FanArgs,
+        /// How the subscribers read the stream.
+        #[arg(long, value_enum, default_value_t = Transport::Sse)]
+        transport: Transport,
         #[command(flatten)]
         tuning: Tuning,
         #[command(flatten)]
@@ -76,6 +80,9 @@ enum Cmd {
         server: ServerArgs,
         #[command(flatten)]
         fan: FanArgs,
+        /// How the subscribers read the stream.
+        #[arg(long, value_enum, default_value_t = Transport::Sse)]
+        transport: Transport,
         #[command(flatten)]
         tuning: Tuning,
         #[command(flatten)]
@@ -119,6 +126,15 @@ enum Cmd {
         #[arg(required = true)]
         reports: Vec<PathBuf>,
     },
+}
+
+/// How SenseGate subscribers read `/v1/stream/telemetry`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Transport {
+    /// Server-Sent Events over HTTP/1.1.
+    Sse,
+    /// WebSocket, subprotocol `sensegate.v1.json`.
+    Ws,
 }
 
 /// Who publishes to whom in a fan-out.
@@ -288,19 +304,26 @@ async fn run(cmd: Cmd) -> Result<()> {
                 partition: false,
             };
             (
-                fanout::run("fleet", Target::SenseGate(server), plan, &tuning).await?,
+                fanout::run(
+                    "fleet",
+                    Target::SenseGate(server, Transport::Sse),
+                    plan,
+                    &tuning,
+                )
+                .await?,
                 out,
             )
         }
         Cmd::Subscribers {
             server,
             fan,
+            transport,
             tuning,
             out,
         } => (
             fanout::run(
                 "subscribers",
-                Target::SenseGate(server),
+                Target::SenseGate(server, transport),
                 fan.plan(false),
                 &tuning,
             )
@@ -310,10 +333,17 @@ async fn run(cmd: Cmd) -> Result<()> {
         Cmd::E2e {
             server,
             fan,
+            transport,
             tuning,
             out,
         } => (
-            fanout::run("e2e", Target::SenseGate(server), fan.plan(true), &tuning).await?,
+            fanout::run(
+                "e2e",
+                Target::SenseGate(server, transport),
+                fan.plan(true),
+                &tuning,
+            )
+            .await?,
             out,
         ),
         Cmd::Token {
@@ -408,6 +438,7 @@ mod tests {
         let Cmd::E2e {
             server,
             fan,
+            transport,
             tuning,
             out,
         } = cli.cmd
@@ -415,6 +446,7 @@ mod tests {
             panic!("not e2e")
         };
         assert!(server.spawn.is_some());
+        assert_eq!(transport, Transport::Sse, "SSE unless asked");
         assert_eq!((fan.devices, fan.subscribers, fan.apps), (1, 1000, 1));
         assert_eq!(tuning.rate, Some(5000.0));
         assert_eq!(
@@ -437,6 +469,19 @@ mod tests {
             "spawn or an address, not both"
         );
         assert!(parse(&["baseline"]).is_err(), "baseline needs --target");
+        assert!(
+            parse(&[
+                "baseline",
+                "--target",
+                "nats://127.0.0.1:4222",
+                "--transport",
+                "ws"
+            ])
+            .is_err(),
+            "--transport is SenseGate's"
+        );
+        assert!(parse(&["subscribers", "--transport", "ws"]).is_ok());
+        assert!(parse(&["e2e", "--transport", "carrier-pigeon"]).is_err());
         assert!(parse(&["compare"]).is_err());
     }
 

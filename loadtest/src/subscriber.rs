@@ -26,12 +26,15 @@ use crate::nats::{self, NatsFramer};
 use crate::sse::{self, SseDecoder};
 use crate::stats::{new_histogram, record, Counters};
 use crate::tally::{now_ns, Tally};
+use crate::ws::{self, WsFramer};
 
 /// How to open one subscription.
 #[derive(Debug, Clone)]
 pub(crate) enum SubSpec {
     /// SenseGate SSE with an access token.
     Sse { addr: SocketAddr, token: String },
+    /// SenseGate WebSocket (`sensegate.v1.json`) with an access token.
+    Ws { addr: SocketAddr, token: String },
     /// MQTT, QoS 0, one topic per device.
     Mqtt {
         addr: SocketAddr,
@@ -149,6 +152,7 @@ fn reader_thread(
 /// One connection's protocol decoder.
 enum Decoder {
     Sse(Box<SseDecoder>),
+    Ws(Reassembler, WsFramer),
     Mqtt(Reassembler, MqttFramer),
     Nats(Reassembler, NatsFramer),
 }
@@ -157,6 +161,7 @@ impl Decoder {
     fn feed(&mut self, data: &[u8]) -> Result<()> {
         match self {
             Decoder::Sse(d) => d.feed(data),
+            Decoder::Ws(r, f) => r.feed(data, f),
             Decoder::Mqtt(r, f) => r.feed(data, f),
             Decoder::Nats(r, f) => r.feed(data, f),
         }
@@ -165,6 +170,7 @@ impl Decoder {
     fn tally(&mut self) -> &mut Tally {
         match self {
             Decoder::Sse(d) => &mut d.sse.tally,
+            Decoder::Ws(_, f) => &mut f.tally,
             Decoder::Mqtt(_, f) => &mut f.tally,
             Decoder::Nats(_, f) => &mut f.tally,
         }
@@ -173,7 +179,7 @@ impl Decoder {
     /// Whether the subscription is confirmed.
     fn ready(&self) -> bool {
         match self {
-            Decoder::Sse(_) => true,
+            Decoder::Sse(_) | Decoder::Ws(..) => true,
             Decoder::Mqtt(_, f) => f.connected && f.subacks > 0,
             Decoder::Nats(_, f) => f.pongs > 0,
         }
@@ -196,11 +202,32 @@ async fn read_until_ready(
     Ok(())
 }
 
+/// Reads until `parse` finds a whole HTTP response head; returns what was
+/// read and what `parse` made of it (frames may follow the head).
+async fn read_head<T>(
+    stream: &mut TcpStream,
+    buf: &mut [u8],
+    parse: impl Fn(&[u8]) -> Result<Option<T>>,
+) -> Result<(Vec<u8>, T)> {
+    let mut head = Vec::new();
+    loop {
+        let n = stream.read(buf).await?;
+        if n == 0 {
+            bail!("closed by the server before answering");
+        }
+        head.extend_from_slice(&buf[..n]);
+        if let Some(parsed) = parse(&head)? {
+            return Ok((head, parsed));
+        }
+    }
+}
+
 async fn handshake(spec: &SubSpec, buf: &mut [u8], every: u64) -> Result<(TcpStream, Decoder)> {
     let addr = match spec {
-        SubSpec::Sse { addr, .. } | SubSpec::Mqtt { addr, .. } | SubSpec::Nats { addr, .. } => {
-            *addr
-        }
+        SubSpec::Sse { addr, .. }
+        | SubSpec::Ws { addr, .. }
+        | SubSpec::Mqtt { addr, .. }
+        | SubSpec::Nats { addr, .. } => *addr,
     };
     let mut stream = TcpStream::connect(addr)
         .await
@@ -216,19 +243,25 @@ async fn handshake(spec: &SubSpec, buf: &mut [u8], every: u64) -> Result<(TcpStr
                     token,
                 ))
                 .await?;
-            let mut head = Vec::new();
-            loop {
-                let n = stream.read(buf).await?;
-                if n == 0 {
-                    bail!("closed by the server before answering");
-                }
-                head.extend_from_slice(&buf[..n]);
-                if let Some((framing, len)) = sse::parse_head(&head)? {
-                    let mut d = SseDecoder::new(framing, tally);
-                    d.feed(&head[len..])?;
-                    break Decoder::Sse(Box::new(d));
-                }
-            }
+            let (head, (framing, len)) = read_head(&mut stream, buf, sse::parse_head).await?;
+            let mut d = SseDecoder::new(framing, tally);
+            d.feed(&head[len..])?;
+            Decoder::Sse(Box::new(d))
+        }
+        SubSpec::Ws { token, .. } => {
+            let key = ws::new_key();
+            stream
+                .write_all(&ws::request(
+                    &addr.to_string(),
+                    "/v1/stream/telemetry",
+                    token,
+                    &key,
+                ))
+                .await?;
+            let (head, len) = read_head(&mut stream, buf, |h| ws::parse_head(h, &key)).await?;
+            let mut d = Decoder::Ws(Reassembler::default(), WsFramer::new(tally));
+            d.feed(&head[len..])?;
+            d
         }
         SubSpec::Mqtt {
             client_id, topics, ..
@@ -301,6 +334,8 @@ async fn subscribe(
         .context("subscription handshake timed out")??
     };
     shared.ready.fetch_add(1, Relaxed);
+    // What arrived with the handshake may hold pings already.
+    answer_pings(&mut stream, &mut decoder).await?;
     let mut reported = Reported::default();
     report(&mut decoder, &mut reported, 0, now_ns(), shared, hist);
     loop {
@@ -323,12 +358,25 @@ async fn subscribe(
         let now = now_ns();
         decoder.feed(&buf[..n])?;
         report(&mut decoder, &mut reported, n, now, shared, hist);
-        if let Decoder::Nats(_, f) = &mut decoder {
+        answer_pings(&mut stream, &mut decoder).await?;
+    }
+}
+
+/// Writes the pongs owed for the pings `decoder` has seen.
+async fn answer_pings(stream: &mut TcpStream, decoder: &mut Decoder) -> Result<()> {
+    match decoder {
+        Decoder::Nats(_, f) => {
             for _ in 0..std::mem::take(&mut f.pings) {
                 stream.write_all(b"PONG\r\n").await?;
             }
         }
+        Decoder::Ws(_, f) if !f.pongs.is_empty() => {
+            stream.write_all(&f.pongs).await?;
+            f.pongs.clear();
+        }
+        _ => {}
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -424,6 +472,70 @@ mod tests {
         );
         assert!(request.contains("Authorization: Bearer tok\r\n"));
         assert!(shared.errors.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn websocket_subscriber_counts_samples_and_answers_pings() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let broker = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            while memchr::memmem::find(&request, b"\r\n\r\n").is_none() {
+                let n = s.read(&mut buf).unwrap();
+                assert!(n > 0, "client hung up");
+                request.extend_from_slice(&buf[..n]);
+            }
+            let request = String::from_utf8(request).unwrap();
+            let key = request
+                .lines()
+                .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+                .unwrap();
+            let accept = ws::tests::accept(key);
+            let mut out = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\
+                 sec-websocket-accept: {accept}\r\nsec-websocket-protocol: sensegate.v1.json\r\n\r\n"
+            )
+            .into_bytes();
+            // The ping first: the test stops reading once the events are in.
+            out.extend(ws::tests::frame(0x9, b"hb"));
+            for id in 1..=3 {
+                let json = format!(
+                    "{{\"id\":\"{id}\",\"event\":\"telemetry\",\"data\":{{\"readings\":{{\"sent_ns\":{}.0}}}}}}",
+                    stamp()
+                );
+                out.extend(ws::tests::frame(0x1, json.as_bytes()));
+            }
+            s.write_all(&out).unwrap();
+            // The pong: header, mask, two masked bytes.
+            let mut pong = [0u8; 8];
+            s.read_exact(&mut pong).unwrap();
+            // Hold the connection until the client leaves.
+            while s.read(&mut buf).is_ok_and(|n| n > 0) {}
+            (request, pong)
+        });
+        let (shared, hist) = run_one(
+            SubSpec::Ws {
+                addr,
+                token: "tok".into(),
+            },
+            3,
+        );
+        assert_eq!(shared.counters.delivered.load(Relaxed), 3);
+        assert_eq!(hist.len(), 3, "every event sampled");
+        assert!(shared.errors.lock().unwrap().is_empty());
+        let (request, pong) = broker.join().unwrap();
+        assert!(request.starts_with("GET /v1/stream/telemetry HTTP/1.1\r\n"));
+        assert!(request.contains("Authorization: Bearer tok\r\n"));
+        assert!(request.contains("Upgrade: websocket\r\n"));
+        assert_eq!(&pong[..2], &[0x8a, 0x82], "a masked two-byte pong");
+        let unmasked: Vec<u8> = pong[6..]
+            .iter()
+            .zip(&pong[2..6])
+            .map(|(b, m)| b ^ m)
+            .collect();
+        assert_eq!(unmasked, b"hb");
     }
 
     #[test]
