@@ -7,8 +7,6 @@
 //! Rendered straight from the validated archive into a caller-owned buffer,
 //! once per event, whatever the number of subscribers.
 
-use std::io::Write as _;
-
 use crate::schema::ArchivedTelemetry;
 
 /// Appends the event's JSON object to `out`.
@@ -19,7 +17,7 @@ pub fn render_event_json(device_id: &str, t: &ArchivedTelemetry, out: &mut Vec<u
     out.extend_from_slice(b"{\"deviceId\":");
     write_json_str(device_id, out);
     out.extend_from_slice(b",\"seq\":");
-    let _ = write!(out, "{}", t.seq.to_native());
+    out.extend_from_slice(itoa::Buffer::new().format(t.seq.to_native()).as_bytes());
     out.extend_from_slice(b",\"ts\":\"");
     write_rfc3339_millis(t.ts_ms.to_native(), out);
     out.extend_from_slice(b"\",\"kind\":\"");
@@ -37,9 +35,18 @@ pub fn render_event_json(device_id: &str, t: &ArchivedTelemetry, out: &mut Vec<u
 }
 
 fn write_json_str(s: &str, out: &mut Vec<u8>) {
-    // serde_json's escaper is exact (control characters, quotes, backslashes)
-    // and writing a &str into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
+    // Device ids and reading names almost never need escaping: copy those
+    // as they are (one scan, no serializer) and leave the rest to
+    // serde_json's exact escaper (control characters, quotes, backslashes);
+    // writing a &str into a Vec cannot fail.
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
 }
 
 fn write_json_f64(v: f64, out: &mut Vec<u8>) {
@@ -160,5 +167,27 @@ mod tests {
         assert_eq!(v["kind"], "reading");
         assert_eq!(v["readings"]["te\"mp\n"], 73.96);
         assert_eq!(v["readings"]["n"], 2.0);
+    }
+
+    #[test]
+    fn strings_render_as_serde_json_renders_them() {
+        for s in [
+            "",
+            "plain",
+            "machine_temperature",
+            "quo\"te",
+            "back\\slash",
+            "tab\there",
+            "nul\0",
+            "\u{1f}unit",
+            "\u{7f}del",
+            "ünïcödé ✓",
+            "\u{2028}line",
+            "</script>",
+        ] {
+            let mut out = Vec::new();
+            write_json_str(s, &mut out);
+            assert_eq!(out, serde_json::to_vec(s).unwrap(), "{s:?}");
+        }
     }
 }
