@@ -9,6 +9,7 @@
 
 mod admin_cli;
 mod demo;
+mod idle;
 mod publish;
 mod serve;
 

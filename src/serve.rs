@@ -31,6 +31,11 @@ pub(crate) struct NodeArgs {
     /// of idle connections cannot starve the process of descriptors.
     #[arg(long, env = "SENSEGATE_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     max_connections: u32,
+    /// Seconds an HTTP connection may go without a request in flight (an
+    /// open stream is one) before it is closed, HTTP/2 included, so idle
+    /// connections cannot hold `--max-connections` slots.
+    #[arg(long, env = "SENSEGATE_HTTP_IDLE_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    http_idle_timeout: u64,
 }
 
 /// The admin's storage.
@@ -311,13 +316,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if args.demo {
         crate::demo::start(&admin, http_addr, &listener).await?;
     }
-    serve_until_signal(
-        http,
-        app,
-        Some((&broker, &listener)),
-        args.node.max_connections,
-    )
-    .await
+    serve_until_signal(http, app, Some((&broker, &listener)), &args.node).await
 }
 
 /// `sensegate broker`: the data plane, following a remote admin.
@@ -336,7 +335,7 @@ pub(crate) async fn run_broker(args: BrokerProcessArgs) -> anyhow::Result<()> {
         http,
         broker.routes(),
         Some((&broker, &listener)),
-        args.node.max_connections,
+        &args.node,
     )
     .await
 }
@@ -394,7 +393,7 @@ pub(crate) async fn run_admin(args: AdminServeArgs) -> anyhow::Result<()> {
             }),
         );
     println!("listening http={http_addr}");
-    serve_until_signal(http, app, None, args.node.max_connections).await
+    serve_until_signal(http, app, None, &args.node).await
 }
 
 /// How long a client may take to send a request's headers (slowloris).
@@ -408,7 +407,7 @@ async fn serve_until_signal(
     http: tokio::net::TcpListener,
     app: axum::Router,
     node: Option<(&Broker, &Listener)>,
-    max_connections: u32,
+    limits: &NodeArgs,
 ) -> anyhow::Result<()> {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use hyper_util::server::conn::auto;
@@ -427,7 +426,8 @@ async fn serve_until_signal(
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(Duration::from_secs(20)));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let permits = Arc::new(tokio::sync::Semaphore::new(max_connections as usize));
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections as usize));
+    let idle_timeout = Duration::from_secs(limits.http_idle_timeout);
     let signal = shutdown_signal();
     tokio::pin!(signal);
     loop {
@@ -449,15 +449,29 @@ async fn serve_until_signal(
         };
         let _ = stream.set_nodelay(true);
         // The router is shared (cloning it is a reference count); only a
-        // thin wrapper per connection adds the peer address.
-        let service = TowerToHyperService::new(tower::ServiceExt::map_request(
-            app.clone(),
-            move |mut req: axum::extract::Request<hyper::body::Incoming>| {
-                req.extensions_mut()
-                    .insert(axum::extract::ConnectInfo(peer));
-                req
-            },
-        ));
+        // thin wrapper per connection adds the peer address and counts the
+        // requests in flight until their response bodies are dropped.
+        let activity = crate::idle::Activity::new();
+        let service = {
+            let (app, activity) = (app.clone(), activity.clone());
+            TowerToHyperService::new(tower::service_fn(
+                move |mut req: axum::extract::Request<hyper::body::Incoming>| {
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    let (guard, activity) = (activity.start(), activity.clone());
+                    let call = tower::ServiceExt::oneshot(app.clone(), req);
+                    async move {
+                        let res = call.await?;
+                        if res.status() == hyper::StatusCode::SWITCHING_PROTOCOLS {
+                            activity.upgraded();
+                        }
+                        Ok::<_, std::convert::Infallible>(
+                            res.map(|body| crate::idle::guard_body(body, guard)),
+                        )
+                    }
+                },
+            ))
+        };
         let (builder, watcher, streams) = (builder.clone(), graceful.watcher(), streams.clone());
         tokio::spawn(async move {
             let io = match streams {
@@ -467,6 +481,7 @@ async fn serve_until_signal(
                 },
                 None => Rewound::from(stream),
             };
+            let io = crate::idle::IdleIo::new(io, activity, idle_timeout);
             let conn = builder
                 .serve_connection_with_upgrades(TokioIo::new(io), service)
                 .into_owned();

@@ -29,6 +29,7 @@ use sensegate_broker::token::{Claims, AUDIENCE};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::api::extract::{read_body, BodyError, BODY_READ_TIMEOUT};
 use crate::audit;
 use crate::error::AdminError;
 use crate::limiter::Key;
@@ -81,9 +82,13 @@ pub(crate) struct OAuthErrorBody {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum OAuthError {
     InvalidRequest(String),
+    /// The body did not arrive within [`BODY_READ_TIMEOUT`] (`408`).
+    TimedOut,
     InvalidClient,
     UnsupportedGrantType,
-    TooManyFailures { retry_after: u64 },
+    TooManyFailures {
+        retry_after: u64,
+    },
     Server,
 }
 
@@ -91,7 +96,7 @@ impl OAuthError {
     /// The label of `sensegate_tokens_refused_total`.
     fn metric_reason(&self) -> &'static str {
         match self {
-            OAuthError::InvalidRequest(_) => "invalid_request",
+            OAuthError::InvalidRequest(_) | OAuthError::TimedOut => "invalid_request",
             OAuthError::InvalidClient => "invalid_client",
             OAuthError::UnsupportedGrantType => "unsupported_grant_type",
             OAuthError::TooManyFailures { .. } => "throttled",
@@ -106,6 +111,14 @@ impl IntoResponse for OAuthError {
             OAuthError::InvalidRequest(m) => {
                 (StatusCode::BAD_REQUEST, "invalid_request", m.clone())
             }
+            OAuthError::TimedOut => (
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request",
+                format!(
+                    "request body not received within {} s",
+                    BODY_READ_TIMEOUT.as_secs()
+                ),
+            ),
             OAuthError::InvalidClient => (
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",
@@ -230,8 +243,11 @@ async fn issue(admin: &Admin, req: Request) -> Result<Response, OAuthError> {
         .map(|c| c.0.ip());
     let (parts, body) = req.into_parts();
     check_media_type(&parts.headers)?;
-    let body = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
-        OAuthError::InvalidRequest(format!("request body over {MAX_BODY} bytes or unreadable"))
+    let body = read_body(body, MAX_BODY).await.map_err(|e| match e {
+        BodyError::TimedOut => OAuthError::TimedOut,
+        BodyError::TooLarge | BodyError::Unreadable => {
+            OAuthError::InvalidRequest(format!("request body over {MAX_BODY} bytes or unreadable"))
+        }
     })?;
     let request = parse(&parts.headers, &body)?;
     let (Some(client_id), Some(client_secret)) =

@@ -6,6 +6,7 @@ mod harness;
 mod hostile_stream_requests_change_nothing;
 mod permission_changes_reach_open_streams;
 mod resume_never_loses_or_repeats;
+mod slow_clients_cannot_hold_connections;
 mod stale_bootstrap_key_is_explained;
 mod stream_connections_behave_alike;
 mod stream_options_are_enforced;

@@ -11,10 +11,10 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::harness::Server;
 
-type Ws =
+pub(crate) type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(
+pub(crate) async fn connect(
     server: &Server,
     token: &str,
     query: &str,
@@ -40,7 +40,7 @@ async fn connect(
 }
 
 /// The next data or close message (pings are answered by the library).
-async fn next(ws: &mut Ws) -> Message {
+pub(crate) async fn next(ws: &mut Ws) -> Message {
     loop {
         match tokio::time::timeout(Duration::from_secs(20), ws.next()).await {
             Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,

@@ -1,6 +1,9 @@
 //! Request extractors whose every rejection is a JSON [`ApiError`] that
 //! names the offending field, never a framework's plain-text rejection.
 
+use std::time::Duration;
+
+use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::header;
 use axum::http::request::Parts;
@@ -11,6 +14,43 @@ use crate::error::AdminError;
 
 /// Largest admin request body.
 const MAX_BODY: usize = 1024 * 1024;
+
+/// How long a client may take to send a request body once its headers are
+/// in. Without it, a body dripped a byte at a time holds a connection slot
+/// for as long as the client likes (the server's header timeout covers only
+/// the head), and enough of them lock everyone out.
+pub(crate) const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a request body could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BodyError {
+    /// Longer than the limit.
+    TooLarge,
+    /// Not complete within [`BODY_READ_TIMEOUT`].
+    TimedOut,
+    /// The connection failed mid-body.
+    Unreadable,
+}
+
+/// Reads a whole request body of at most `limit` bytes within
+/// [`BODY_READ_TIMEOUT`].
+pub(crate) async fn read_body(body: axum::body::Body, limit: usize) -> Result<Bytes, BodyError> {
+    match tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, limit)).await {
+        Err(_) => Err(BodyError::TimedOut),
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => {
+            let too_large = e
+                .into_inner()
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some();
+            Err(if too_large {
+                BodyError::TooLarge
+            } else {
+                BodyError::Unreadable
+            })
+        }
+    }
+}
 
 /// The `{id}` path segment. Every id this API hands out (device and group
 /// ids, UUIDs) is 1..=64 of `[A-Za-z0-9._-]`; anything else cannot name an
@@ -69,17 +109,12 @@ impl<S: Send + Sync, T: JsonRequest> FromRequest<S> for Body<T> {
         if declared.is_some_and(|n| n > MAX_BODY as u64) {
             return Err(ApiError::payload_too_large(MAX_BODY));
         }
-        let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY)
+        let bytes = read_body(req.into_body(), MAX_BODY)
             .await
-            .map_err(|e| {
-                if e.into_inner()
-                    .downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some()
-                {
-                    ApiError::payload_too_large(MAX_BODY)
-                } else {
-                    ApiError::bad_request("request body unreadable")
-                }
+            .map_err(|e| match e {
+                BodyError::TooLarge => ApiError::payload_too_large(MAX_BODY),
+                BodyError::TimedOut => ApiError::request_timeout(),
+                BodyError::Unreadable => ApiError::bad_request("request body unreadable"),
             })?;
         let mut de = serde_json::Deserializer::from_slice(&bytes);
         let value =

@@ -29,7 +29,7 @@ use utoipa_axum::routes;
 use crate::error::AdminError;
 use crate::{token, Admin};
 
-mod extract;
+pub(crate) mod extract;
 mod handlers;
 
 use handlers::*;
@@ -206,6 +206,19 @@ impl ApiError {
             status: StatusCode::PAYLOAD_TOO_LARGE,
             code: "payload_too_large",
             message: format!("request body over {limit} bytes"),
+            field: None,
+        }
+    }
+
+    /// `408`: the body did not arrive in time.
+    fn request_timeout() -> Self {
+        ApiError {
+            status: StatusCode::REQUEST_TIMEOUT,
+            code: "request_timeout",
+            message: format!(
+                "request body not received within {} s",
+                extract::BODY_READ_TIMEOUT.as_secs()
+            ),
             field: None,
         }
     }
