@@ -219,8 +219,9 @@ pub(crate) struct BrokerProcessArgs {
     /// Base URL of the admin whose permission feed to follow.
     #[arg(long, env = "SENSEGATE_ADMIN_URL")]
     admin_url: String,
-    /// Shared secret the admin's feed endpoint requires.
-    #[arg(long, env = "SENSEGATE_CLUSTER_KEY", hide_env_values = true)]
+    /// Shared secret the admin's feed endpoint requires (16+ visible ASCII
+    /// characters, no spaces).
+    #[arg(long, env = "SENSEGATE_CLUSTER_KEY", hide_env_values = true, value_parser = cluster_key)]
     cluster_key: String,
     /// Expected token issuer (`iss`); defaults to the admin URL.
     #[arg(long, env = "SENSEGATE_ISSUER")]
@@ -236,9 +237,24 @@ pub(crate) struct AdminServeArgs {
     store: StoreArgs,
     #[command(flatten)]
     token: TokenArgs,
-    /// Shared secret brokers present to follow the permission feed.
-    #[arg(long, env = "SENSEGATE_CLUSTER_KEY", hide_env_values = true)]
+    /// Shared secret brokers present to follow the permission feed (16+
+    /// visible ASCII characters, no spaces).
+    #[arg(long, env = "SENSEGATE_CLUSTER_KEY", hide_env_values = true, value_parser = cluster_key)]
     cluster_key: String,
+}
+
+/// A cluster key travels in an `Authorization` header: an empty one (an
+/// unset shell variable) or one with spaces could never match, and the
+/// broker would retry for ever against an admin that refuses it.
+fn cluster_key(s: &str) -> Result<String, String> {
+    if s.len() < 16 || !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(
+            "must be at least 16 visible ASCII characters without spaces \
+             (e.g. CLUSTER_KEY=$(head -c 24 /dev/urandom | base64))"
+                .into(),
+        );
+    }
+    Ok(s.to_owned())
 }
 
 /// Binds the HTTP listener; returns it with its address.
@@ -518,4 +534,17 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cluster_key;
+
+    #[test]
+    fn cluster_keys_must_survive_an_authorization_header() {
+        assert!(cluster_key("").is_err(), "an unset shell variable");
+        assert!(cluster_key("short").is_err());
+        assert!(cluster_key("has a space in it, sixteen+").is_err());
+        assert!(cluster_key("sg-test-cluster-key-0123456789abcdef").is_ok());
+    }
 }

@@ -33,6 +33,19 @@ async fn device_and_kind_filters_narrow_the_stream() {
             .status(),
         400
     );
+    for empty in ["?devices=", "?devices=,,,"] {
+        let resp = server.stream_request(&token, empty, &[]).await;
+        assert_eq!(resp.status(), 400, "{empty} would stream nothing, for ever");
+    }
+    let long = "x".repeat(5000);
+    let resp = server
+        .stream_request(&token, &format!("?devices={long}"), &[])
+        .await;
+    assert_eq!(resp.status(), 403);
+    assert!(
+        resp.text().await.unwrap().len() < 400,
+        "the refusal echoes the whole id"
+    );
 
     let mut only_b = server.open_stream(&token, "?devices=b").await;
     let mut only_anomalies = server.open_stream(&token, "?kinds=anomaly").await;

@@ -304,12 +304,26 @@ fn check(
                 .filter(|s| !s.is_empty())
                 .map(|id| DeviceKey::new(&app.entry.tenant, id))
                 .collect();
+            if wanted.is_empty() {
+                // An empty filter would open a stream that can never carry
+                // anything; `kinds=` with no kind is refused the same way.
+                return Err(Box::new(error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "devices names no device: omit it to stream every permitted device",
+                ))
+                .into());
+            }
             if let Some(denied) = wanted.iter().find(|d| !app.devices.contains(*d)) {
                 shared.metrics.stream_refused("device_forbidden");
                 return Err(Box::new(error(
                     StatusCode::FORBIDDEN,
                     "forbidden_device",
-                    &format!("this application may not stream device {:?}", &*denied.id),
+                    &format!(
+                        "this application may not stream device {:?}",
+                        // Bounded: the id is the caller's, of any length.
+                        denied.id.chars().take(64).collect::<String>()
+                    ),
                 ))
                 .into());
             }
