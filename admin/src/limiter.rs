@@ -1,14 +1,19 @@
 //! Brute-force throttling of the token endpoint.
 //!
-//! Only *failed* client authentications count. A key (a client id, or a peer
-//! address) that reaches its limit of failures within one window is refused
-//! with `429` and `Retry-After` until the window ends; a successful
-//! authentication clears its client id's count. So a client that presents
-//! its secret correctly is never slowed by its own traffic, however fast it
-//! asks; an address spraying guesses across many client ids is throttled by
-//! the address limit.
+//! Only *failed* client authentications count. A key (a client id as seen
+//! from one peer address, or a peer address) that reaches its limit of
+//! failures within one window is refused with `429` and `Retry-After` until
+//! the window ends; a successful authentication clears its client key's
+//! count. So a client that presents its secret correctly is never slowed by
+//! its own traffic, however fast it asks; an address spraying guesses across
+//! many client ids is throttled by the address limit.
 //!
-//! While a client id is locked, even correct credentials are answered with
+//! A client id is locked per address, not everywhere: client ids are not
+//! secret (they label the public `/metrics`), so a global lock would let
+//! anyone keep any application from getting tokens with five bad requests a
+//! minute. Guessing a 128-bit secret from many addresses gains nothing.
+//!
+//! While a client key is locked, even correct credentials are answered with
 //! `429`: answering them would tell the guesser when it has won.
 //!
 //! Memory is bounded: at most [`MAX_KEYS`] tracked keys; when full, expired
@@ -32,14 +37,16 @@ pub(crate) const MAX_KEYS: usize = 100_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum Key {
-    Client(String),
+    /// A client id as seen from one peer address (`None` when the server
+    /// does not know peers, e.g. behind an in-process router).
+    Client(String, Option<IpAddr>),
     Addr(IpAddr),
 }
 
 impl Key {
     fn limit(&self) -> u32 {
         match self {
-            Key::Client(_) => CLIENT_FAILURES,
+            Key::Client(..) => CLIENT_FAILURES,
             Key::Addr(_) => ADDR_FAILURES,
         }
     }
@@ -112,7 +119,7 @@ mod tests {
     fn locks_after_the_limit_until_the_window_ends() {
         let l = Limiter::default();
         let t0 = Instant::now();
-        let c = Key::Client("c".into());
+        let c = Key::Client("c".into(), None);
         for _ in 0..CLIENT_FAILURES {
             assert_eq!(l.locked(std::slice::from_ref(&c), t0), None);
             l.failure(std::slice::from_ref(&c), t0);
@@ -130,7 +137,7 @@ mod tests {
     fn success_clears_the_client_but_not_the_address() {
         let l = Limiter::default();
         let t0 = Instant::now();
-        let c = Key::Client("c".into());
+        let c = Key::Client("c".into(), Some([10, 0, 0, 1].into()));
         let a = Key::Addr([10, 0, 0, 1].into());
         for _ in 0..ADDR_FAILURES {
             l.failure(&[c.clone(), a.clone()], t0);
@@ -139,5 +146,17 @@ mod tests {
         assert_eq!(l.locked(std::slice::from_ref(&c), t0), None);
         assert!(l.locked(std::slice::from_ref(&a), t0).is_some());
         assert!(l.locked(&[Key::Addr([10, 0, 0, 2].into())], t0).is_none());
+    }
+
+    #[test]
+    fn a_client_locked_at_one_address_is_free_at_another() {
+        let l = Limiter::default();
+        let t0 = Instant::now();
+        let at = |ip: [u8; 4]| Key::Client("c".into(), Some(ip.into()));
+        for _ in 0..CLIENT_FAILURES {
+            l.failure(&[at([10, 0, 0, 1])], t0);
+        }
+        assert!(l.locked(&[at([10, 0, 0, 1])], t0).is_some());
+        assert!(l.locked(&[at([10, 0, 0, 2])], t0).is_none());
     }
 }

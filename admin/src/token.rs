@@ -256,7 +256,7 @@ async fn issue(admin: &Admin, req: Request) -> Result<Response, OAuthError> {
         // No (complete) client authentication: nothing to count against.
         return Err(OAuthError::InvalidClient);
     };
-    let client_key = Key::Client(client_id.clone());
+    let client_key = Key::Client(client_id.clone(), peer);
     let mut keys = vec![client_key.clone()];
     if let Some(ip) = peer {
         keys.push(Key::Addr(ip));

@@ -327,6 +327,39 @@ async fn repeated_failures_are_throttled_per_address(h: &Harness) {
     );
 }
 
+/// Client ids are public (they label `/metrics`): guessing at one from
+/// elsewhere must not lock the real client out.
+async fn a_guesser_cannot_lock_out_the_real_client(h: &Harness) {
+    let guesser: SocketAddr = "192.0.2.9:5000".parse().unwrap();
+    let owner: SocketAddr = "192.0.2.10:5000".parse().unwrap();
+    let app = h.app("Victim", &[], &[], false).await;
+    let with = |s: &str| {
+        form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", &app.str("clientId")),
+            ("client_secret", s),
+        ])
+    };
+    for _ in 0..5 {
+        let r = h
+            .token_raw(&[FORM], &with("sgs_guess"), Some(guesser))
+            .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    }
+    let r = h
+        .token_raw(&[FORM], &with("sgs_guess"), Some(guesser))
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the guesser is locked"
+    );
+    let r = h
+        .token_raw(&[FORM], &with(&app.str("clientSecret")), Some(owner))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "the owner is not");
+}
+
 async fn successful_clients_are_not_slowed(h: &Harness) {
     let app = h.app("Busy", &[], &[], false).await;
     let peer: SocketAddr = "198.51.100.1:1".parse().unwrap();
@@ -443,6 +476,7 @@ both_backends!(
     only_post_is_allowed,
     repeated_failures_are_throttled_per_client,
     repeated_failures_are_throttled_per_address,
+    a_guesser_cannot_lock_out_the_real_client,
     successful_clients_are_not_slowed,
     signing_key_rotation_keeps_old_tokens_valid,
     a_key_rotated_by_another_process_is_published_before_use,
