@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use sensegate_ingest_proto::client::{client_config, endpoint_for, DeviceSession, Trust};
-use sensegate_ingest_proto::{Kind, Reading, Telemetry, MAX_READINGS};
+use sensegate_ingest_proto::{Kind, Reading, Telemetry, MAX_READINGS, MAX_SEQ};
 use serde_json::Value;
 
 /// Flags of `sensegate publish`.
@@ -90,11 +90,18 @@ pub(crate) async fn run(args: PublishArgs) -> anyhow::Result<()> {
     .with_context(|| format!("connecting to {addr} as device {}", args.device))?;
 
     // Lines without an explicit seq continue after what the broker already has.
-    let mut next_seq = session.resume_after() + 1;
+    // The broker never acknowledges beyond MAX_SEQ, so this cannot overflow.
+    let mut next_seq = session.resume_after().saturating_add(1);
     let mut events = Vec::with_capacity(lines.len());
     for line in lines {
         let seq = line.seq.unwrap_or(next_seq);
-        next_seq = seq + 1;
+        if seq > MAX_SEQ {
+            bail!(
+                "the device's sequence numbers would pass 2^53 - 1 (the broker has up to {})",
+                session.resume_after()
+            );
+        }
+        next_seq = seq.saturating_add(1);
         events.push(Telemetry {
             seq,
             ts_ms: line.ts_ms,
@@ -202,8 +209,8 @@ fn parse_line(raw: &str) -> anyhow::Result<Line> {
         None => None,
         Some(v) => Some(
             v.as_u64()
-                .filter(|s| *s > 0)
-                .context("seq must be a positive integer")?,
+                .filter(|s| (1..=MAX_SEQ).contains(s))
+                .context("seq must be an integer from 1 to 2^53 - 1")?,
         ),
     };
     // Run the same checks the broker will, so a bad line fails here with its
@@ -252,5 +259,11 @@ mod tests {
         assert!(format!("{err:#}").contains("RFC 3339"));
         let err = parse_lines(r#"{"ts":1,"kind":"alarm","readings":{}}"#).unwrap_err();
         assert!(format!("{err:#}").contains("alarm"));
+        for seq in ["0", "9007199254740992", "18446744073709551615"] {
+            let line = format!(r#"{{"ts":1,"seq":{seq},"readings":{{}}}}"#);
+            let err = parse_lines(&line).unwrap_err();
+            assert!(format!("{err:#}").contains("2^53"), "seq {seq}: {err:#}");
+        }
+        assert!(parse_lines(r#"{"ts":1,"seq":9007199254740991,"readings":{}}"#).is_ok());
     }
 }

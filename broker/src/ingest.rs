@@ -308,6 +308,7 @@ fn frame_reason(e: &FrameError) -> &'static str {
         FrameError::Empty => "empty",
         FrameError::Invalid(_) => "invalid_archive",
         FrameError::ZeroSeq => "zero_seq",
+        FrameError::SeqOutOfRange(_) => "seq_out_of_range",
         FrameError::TimestampOutOfRange(_) => "bad_timestamp",
         _ => "bad_value",
     }

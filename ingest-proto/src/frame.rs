@@ -22,6 +22,12 @@ pub const MAX_CONTROL_FRAME_LEN: usize = 1024;
 /// Latest timestamp accepted: 9999-12-31T23:59:59.999Z.
 const MAX_TS_MS: i64 = 253_402_300_799_999;
 
+/// The largest sequence number, 2^53 − 1: every event's JSON carries `seq`,
+/// and JavaScript (like any reader that parses numbers as doubles) cannot
+/// tell larger integers apart. It also keeps a device from jumping to the
+/// end of the sequence space, after which it could send nothing new.
+pub const MAX_SEQ: u64 = (1 << 53) - 1;
+
 /// Longest device id or key in a hello, in bytes.
 const MAX_HELLO_FIELD_LEN: usize = 256;
 
@@ -68,6 +74,9 @@ pub enum FrameError {
     /// The sequence number 0 is reserved for "nothing yet".
     #[error("sequence number 0 is reserved")]
     ZeroSeq,
+    /// The sequence number is above [`MAX_SEQ`].
+    #[error("sequence number {0} is above 2^53 - 1")]
+    SeqOutOfRange(u64),
 }
 
 /// Appends one frame (length prefix + archive of `value`) to `buf`.
@@ -132,8 +141,10 @@ where
 /// Validates a telemetry payload in place: structure (bytecheck) and meaning.
 pub fn validate_telemetry(payload: &[u8]) -> Result<&ArchivedTelemetry, FrameError> {
     let t: &ArchivedTelemetry = access(payload)?;
-    if t.seq.to_native() == 0 {
-        return Err(FrameError::ZeroSeq);
+    match t.seq.to_native() {
+        0 => return Err(FrameError::ZeroSeq),
+        seq if seq > MAX_SEQ => return Err(FrameError::SeqOutOfRange(seq)),
+        _ => {}
     }
     let ts = t.ts_ms.to_native();
     if !(0..=MAX_TS_MS).contains(&ts) {
@@ -331,6 +342,15 @@ mod tests {
         t.ts_ms = -1;
         assert_eq!(check(t), Err(FrameError::TimestampOutOfRange(-1)));
         assert_eq!(check(sample(0)), Err(FrameError::ZeroSeq));
+        assert!(check(sample(MAX_SEQ)).is_ok());
+        assert_eq!(
+            check(sample(MAX_SEQ + 1)),
+            Err(FrameError::SeqOutOfRange(MAX_SEQ + 1))
+        );
+        assert_eq!(
+            check(sample(u64::MAX)),
+            Err(FrameError::SeqOutOfRange(u64::MAX))
+        );
     }
 
     #[test]

@@ -41,7 +41,7 @@ mod schema;
 pub use egress::{decode_ws_event, encode_ws_event_header, WsEvent};
 pub use frame::{
     decode_frame, encode_frame, validate_hello, validate_server_msg, validate_telemetry,
-    FrameError, FRAME_HEADER_LEN, MAX_CONTROL_FRAME_LEN, MAX_TELEMETRY_FRAME_LEN,
+    FrameError, FRAME_HEADER_LEN, MAX_CONTROL_FRAME_LEN, MAX_SEQ, MAX_TELEMETRY_FRAME_LEN,
 };
 pub use json::{render_event_json, write_rfc3339_millis};
 pub use schema::{
