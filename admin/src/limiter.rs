@@ -1,4 +1,4 @@
-//! Brute-force throttling of the token endpoint.
+//! Brute-force throttling of the token endpoint and of admin keys.
 //!
 //! Only *failed* client authentications count. A key (a client id as seen
 //! from one peer address, or a peer address) that reaches its limit of
@@ -41,13 +41,15 @@ pub(crate) enum Key {
     /// does not know peers, e.g. behind an in-process router).
     Client(String, Option<IpAddr>),
     Addr(IpAddr),
+    /// A peer address presenting wrong admin keys to the admin API.
+    AdminAddr(IpAddr),
 }
 
 impl Key {
     fn limit(&self) -> u32 {
         match self {
             Key::Client(..) => CLIENT_FAILURES,
-            Key::Addr(_) => ADDR_FAILURES,
+            Key::Addr(_) | Key::AdminAddr(_) => ADDR_FAILURES,
         }
     }
 }

@@ -126,7 +126,36 @@ async fn oversized_or_non_json_bodies_get_their_own_status(h: &Harness) {
     h.device("fits").await;
 }
 
+/// Admin keys cannot be guessed at leisure: wrong keys from one address
+/// are throttled like the token endpoint's guesses; other addresses, and
+/// the right key from elsewhere, are unaffected.
+async fn wrong_admin_keys_are_throttled_per_address(h: &Harness) {
+    let get = |key: &str, peer: &str| {
+        let mut req = Request::builder()
+            .uri("/api/v1/devices")
+            .header(header::AUTHORIZATION, format!("Bearer {key}"))
+            .body(Body::empty())
+            .unwrap();
+        req.extensions_mut().insert(axum::extract::ConnectInfo(
+            peer.parse::<std::net::SocketAddr>().unwrap(),
+        ));
+        req
+    };
+    for i in 0..20 {
+        let r = h.send(get(&format!("sga_guess{i}"), "192.0.2.50:1")).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{i}");
+    }
+    let r = h.send(get(BOOTSTRAP_KEY, "192.0.2.50:1")).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{r:?}");
+    assert_eq!(r.body["error"], "too_many_requests");
+    let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry));
+    let r = h.send(get(BOOTSTRAP_KEY, "192.0.2.51:1")).await;
+    assert_eq!(r.status, StatusCode::OK, "another address is not throttled");
+}
+
 both_backends!(
     nul_bytes_and_odd_ids_never_reach_sql,
     oversized_or_non_json_bodies_get_their_own_status,
+    wrong_admin_keys_are_throttled_per_address,
 );

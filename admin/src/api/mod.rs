@@ -11,9 +11,11 @@
 //! OpenAPI document served at `/api/v1/openapi.json` lists exactly the
 //! routes that exist.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -27,6 +29,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::error::AdminError;
+use crate::limiter::Key;
 use crate::{token, Admin};
 
 pub(crate) mod extract;
@@ -223,6 +226,16 @@ impl ApiError {
         }
     }
 
+    /// `429`: too many wrong admin keys from this address.
+    fn too_many_failures() -> Self {
+        ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            code: "too_many_requests",
+            message: "too many invalid admin keys from this address; retry later".into(),
+            field: None,
+        }
+    }
+
     /// `415`: the body is not JSON.
     fn unsupported_media_type() -> Self {
         ApiError {
@@ -310,12 +323,33 @@ async fn require_admin_key(State(admin): State<Admin>, mut req: Request, next: N
         return ApiError::unauthorized("missing admin key: send Authorization: Bearer <key>")
             .into_response();
     };
+    // Wrong keys are throttled per peer address, like the token endpoint's
+    // guesses (an operator-chosen bootstrap key may be short).
+    let guesser = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| Key::AdminAddr(c.0.ip()));
+    let limiter = &admin.inner.limiter;
+    if let Some(retry_after) = guesser
+        .as_ref()
+        .and_then(|k| limiter.locked(std::slice::from_ref(k), Instant::now()))
+    {
+        let mut res = ApiError::too_many_failures().into_response();
+        res.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        return res;
+    }
     let mut res = match admin.authenticate(&key).await {
         Ok(Some(caller)) => {
             req.extensions_mut().insert(caller);
             next.run(req).await
         }
-        Ok(None) => ApiError::unauthorized("invalid or revoked admin key").into_response(),
+        Ok(None) => {
+            if let Some(k) = &guesser {
+                limiter.failure(std::slice::from_ref(k), Instant::now());
+            }
+            ApiError::unauthorized("invalid or revoked admin key").into_response()
+        }
         Err(e) => ApiError::from(e).into_response(),
     };
     res.headers_mut()
