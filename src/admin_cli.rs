@@ -95,7 +95,7 @@ enum SigningKeyCommand {
 async fn open(db: &DbArgs) -> anyhow::Result<Admin> {
     let (admin, generated) = Admin::open(
         AdminConfig {
-            database_url: db.store.prepare(&db.node.data_dir)?,
+            database_url: db.store.existing(&db.node.data_dir)?,
             issuer: "sensegate-cli".into(),
             token_ttl: Duration::from_secs(db.token.token_ttl),
             bootstrap_admin_key: std::env::var("SENSEGATE_BOOTSTRAP_ADMIN_KEY").ok(),

@@ -56,6 +56,21 @@ impl StoreArgs {
     /// The database URL, after making sure the data dir (mode 0700) and the
     /// default SQLite file and its journals (mode 0600) are private: the
     /// database holds the token signing key.
+    /// Like [`StoreArgs::prepare`] for a database that must exist already
+    /// (the management commands): a mistyped `--data-dir` would otherwise
+    /// create and bootstrap a new database and seem to succeed.
+    pub(crate) fn existing(&self, data_dir: &std::path::Path) -> anyhow::Result<String> {
+        let db = data_dir.join("sensegate.db");
+        if self.database_url.is_none() && !db.exists() {
+            anyhow::bail!(
+                "no database at {}: pass the server's --data-dir (or --database-url) \
+                 before the command's verb, e.g. `sensegate admin key --data-dir DIR list`",
+                db.display()
+            );
+        }
+        self.prepare(data_dir)
+    }
+
     pub(crate) fn prepare(&self, data_dir: &std::path::Path) -> anyhow::Result<String> {
         private_dir(data_dir)?;
         if let Some(url) = &self.database_url {

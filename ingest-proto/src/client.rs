@@ -62,7 +62,7 @@ pub enum ClientError {
     #[error("read: {0}")]
     Read(String),
     /// The broker refused or ended the session.
-    #[error("rejected by broker ({code:?}): {reason}")]
+    #[error("rejected by broker{}: {reason}", code.map(|c| format!(" ({c:?})")).unwrap_or_default())]
     Rejected {
         /// Why, if the code is known.
         code: Option<RejectCode>,
