@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod admin_commands_need_the_servers_database;
 mod hostile_stream_requests_change_nothing;
 mod permission_changes_reach_open_streams;
 mod resume_never_loses_or_repeats;
