@@ -91,6 +91,25 @@ impl TokenError {
     }
 }
 
+/// A short, fixed reason for a JWT library error: the caller sees it in the
+/// `401` body, and the library's own text names its parser's internals.
+fn invalid(e: &jsonwebtoken::errors::Error) -> TokenError {
+    use jsonwebtoken::errors::ErrorKind;
+    TokenError::Invalid(
+        match e.kind() {
+            ErrorKind::ExpiredSignature => "token expired",
+            ErrorKind::InvalidSignature => "bad signature",
+            ErrorKind::InvalidIssuer => "wrong issuer",
+            ErrorKind::InvalidAudience => "wrong audience",
+            ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => "unexpected algorithm",
+            ErrorKind::MissingRequiredClaim(_) => "a required claim is missing",
+            ErrorKind::ImmatureSignature => "token not yet valid",
+            _ => "malformed token",
+        }
+        .into(),
+    )
+}
+
 /// Verifies `token` and returns its claims and the live application.
 pub fn verify<'t>(
     token: &str,
@@ -98,8 +117,7 @@ pub fn verify<'t>(
     table: &'t AccessTable,
     now_ms: i64,
 ) -> Result<(Claims, &'t AppAccess), TokenError> {
-    let header =
-        jsonwebtoken::decode_header(token).map_err(|e| TokenError::Invalid(e.to_string()))?;
+    let header = jsonwebtoken::decode_header(token).map_err(|e| invalid(&e))?;
     if header.alg != Algorithm::EdDSA {
         return Err(TokenError::Invalid("unexpected algorithm".into()));
     }
@@ -115,8 +133,7 @@ pub fn verify<'t>(
     // Same clock on both sides (or NTP across nodes): no grace period, so
     // that nothing is delivered after `exp`.
     v.leeway = 0;
-    let data = jsonwebtoken::decode::<Claims>(token, key, &v)
-        .map_err(|e| TokenError::Invalid(e.to_string()))?;
+    let data = jsonwebtoken::decode::<Claims>(token, key, &v).map_err(|e| invalid(&e))?;
     let claims = data.claims;
     if claims.exp * 1000 <= now_ms {
         return Err(TokenError::Invalid("token expired".into()));
