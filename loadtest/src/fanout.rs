@@ -154,7 +154,13 @@ pub(crate) async fn run(scenario: &str, target: Target, plan: Plan, t: &Tuning) 
     let (target_name, address, specs, keys) = match &target {
         Target::SenseGate(args, transport) => {
             let s = Server::start(args).await?;
-            eprintln!("sensegate: http={} quic={} pid={:?}", s.http, s.quic, s.pid);
+            let pid = s.pid.or(t.server_pid);
+            eprintln!(
+                "sensegate: http={} quic={} pid={}",
+                s.http,
+                s.quic,
+                pid.map_or_else(|| "unknown (--server-pid)".to_owned(), |p| p.to_string())
+            );
             let keys: Vec<String> = stream::iter(0..plan.devices)
                 .map(|d| {
                     let (s, id) = (&s, device(d));
