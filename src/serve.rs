@@ -445,6 +445,16 @@ async fn serve_until_signal(
     use hyper_util::service::TowerToHyperService;
     use sensegate_broker::conn::Rewound;
 
+    // A path no router owns gets a JSON 404 like the API's, not an empty body.
+    let app = app.fallback(|| async {
+        (
+            hyper::StatusCode::NOT_FOUND,
+            axum::Json(serde_json::json!({
+                "error": "not_found",
+                "message": "no such path; the API is under /api/v1 (see /api/v1/openapi.json)",
+            })),
+        )
+    });
     // The broker serves plain HTTP/1.1 stream requests itself.
     let streams = node.map(|(broker, _)| broker.stream_acceptor(HEADER_READ_TIMEOUT));
     let mut builder = auto::Builder::new(TokioExecutor::new());

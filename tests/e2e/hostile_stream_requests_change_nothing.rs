@@ -140,3 +140,21 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
         200
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_paths_get_json_404s() {
+    let server = Server::start(&[]);
+    for path in [
+        "/etc/passwd",
+        "/api/v1/",
+        "/v1/stream",
+        "/v1/stream/telemetry/x",
+    ] {
+        let resp = server.client.get(server.url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), 404, "{path}");
+        let body: Value = resp.json().await.unwrap_or_else(|e| {
+            panic!("{path}: not a JSON body: {e}");
+        });
+        assert_eq!(body["error"], "not_found", "{path}");
+    }
+}
