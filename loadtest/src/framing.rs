@@ -5,7 +5,7 @@
 //! it. Only the partial frame at the end of a read is copied into a small
 //! carry buffer and completed from the start of the next read.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 
 /// What a framer says about the bytes at the start of a buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +78,36 @@ impl Reassembler {
         }
         Ok(())
     }
+}
+
+/// An HTTP response head at the start of `buf`, if all of it has arrived:
+/// its header lines (name, value; trimmed) and its length, after which the
+/// body or frames follow. A status other than `expect` is an error
+/// starting with `refused` and quoting the status line and what followed
+/// it (the server's reason).
+pub(crate) fn response_head<'b>(
+    buf: &'b [u8],
+    expect: &str,
+    refused: &str,
+) -> Result<Option<(Vec<(&'b str, &'b str)>, usize)>> {
+    let Some(end) = memchr::memmem::find(buf, b"\r\n\r\n") else {
+        if buf.len() > 16 * 1024 {
+            bail!("response head longer than 16 KiB");
+        }
+        return Ok(None);
+    };
+    let head = std::str::from_utf8(&buf[..end]).context("response head is not UTF-8")?;
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap_or_default();
+    if status.split_whitespace().nth(1) != Some(expect) {
+        let body = String::from_utf8_lossy(&buf[end + 4..]);
+        bail!("{refused}: {status} {}", body.trim());
+    }
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(name, value)| (name.trim(), value.trim()))
+        .collect();
+    Ok(Some((headers, end + 4)))
 }
 
 #[cfg(test)]

@@ -6,9 +6,9 @@
 //! buffer, lines are found with `memchr`, and only the `data:` line of a
 //! sampled event is searched for the send stamp.
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{bail, Result};
 
-use crate::framing::{Frame, Framer, Reassembler};
+use crate::framing::{response_head, Frame, Framer, Reassembler};
 use crate::tally::Tally;
 
 /// The request line and headers for one stream.
@@ -32,36 +32,20 @@ pub(crate) enum BodyFraming {
 /// Parses a response head if `buf` holds all of it: returns the framing and
 /// the head's length. `Ok(None)` means read more.
 pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<(BodyFraming, usize)>> {
-    let Some(end) = memchr::memmem::find(buf, b"\r\n\r\n") else {
-        if buf.len() > 16 * 1024 {
-            bail!("response head longer than 16 KiB");
-        }
+    let Some((headers, len)) = response_head(buf, "200", "stream refused")? else {
         return Ok(None);
     };
-    let head = std::str::from_utf8(&buf[..end]).context("response head is not UTF-8")?;
-    let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap_or_default();
-    let code = status.split_whitespace().nth(1).unwrap_or_default();
-    if code != "200" {
-        let body = String::from_utf8_lossy(&buf[end + 4..]);
-        bail!("stream refused: {status} {}", body.trim());
-    }
     let mut framing = BodyFraming::UntilClose;
-    for line in lines {
-        if let Some((name, value)) = line.split_once(':') {
-            let name = name.trim();
-            if name.eq_ignore_ascii_case("transfer-encoding")
-                && value.trim().eq_ignore_ascii_case("chunked")
-            {
-                framing = BodyFraming::Chunked;
-            } else if name.eq_ignore_ascii_case("content-type")
-                && !value.trim().starts_with("text/event-stream")
-            {
-                bail!("not an event stream: content-type {}", value.trim());
-            }
+    for (name, value) in headers {
+        if name.eq_ignore_ascii_case("transfer-encoding") && value.eq_ignore_ascii_case("chunked") {
+            framing = BodyFraming::Chunked;
+        } else if name.eq_ignore_ascii_case("content-type")
+            && !value.starts_with("text/event-stream")
+        {
+            bail!("not an event stream: content-type {value}");
         }
     }
-    Ok(Some((framing, end + 4)))
+    Ok(Some((framing, len)))
 }
 
 /// The state of a chunked body between reads.

@@ -12,7 +12,7 @@ use anyhow::{bail, Context as _, Result};
 use base64::Engine as _;
 use sha1::{Digest as _, Sha1};
 
-use crate::framing::{Frame, Framer};
+use crate::framing::{response_head, Frame, Framer};
 use crate::tally::Tally;
 
 /// The subprotocol the load tester reads: one JSON text message per event.
@@ -52,28 +52,15 @@ fn accept_for(key: &str) -> String {
 /// Parses the upgrade answer if `buf` holds all of its head: returns the
 /// head's length (frames follow it). `Ok(None)` means read more.
 pub(crate) fn parse_head(buf: &[u8], key: &str) -> Result<Option<usize>> {
-    let Some(end) = memchr::memmem::find(buf, b"\r\n\r\n") else {
-        if buf.len() > 16 * 1024 {
-            bail!("response head longer than 16 KiB");
-        }
+    let Some((headers, len)) = response_head(buf, "101", "upgrade refused")? else {
         return Ok(None);
     };
-    let head = std::str::from_utf8(&buf[..end]).context("response head is not UTF-8")?;
-    let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap_or_default();
-    if status.split_whitespace().nth(1) != Some("101") {
-        let body = String::from_utf8_lossy(&buf[end + 4..]);
-        bail!("upgrade refused: {status} {}", body.trim());
-    }
     let (mut accept, mut protocol) = (None, None);
-    for line in lines {
-        if let Some((name, value)) = line.split_once(':') {
-            let (name, value) = (name.trim(), value.trim());
-            if name.eq_ignore_ascii_case("sec-websocket-accept") {
-                accept = Some(value);
-            } else if name.eq_ignore_ascii_case("sec-websocket-protocol") {
-                protocol = Some(value);
-            }
+    for (name, value) in headers {
+        if name.eq_ignore_ascii_case("sec-websocket-accept") {
+            accept = Some(value);
+        } else if name.eq_ignore_ascii_case("sec-websocket-protocol") {
+            protocol = Some(value);
         }
     }
     if accept != Some(accept_for(key).as_str()) {
@@ -82,7 +69,7 @@ pub(crate) fn parse_head(buf: &[u8], key: &str) -> Result<Option<usize>> {
     if protocol != Some(PROTOCOL) {
         bail!("the server chose subprotocol {protocol:?}, not {PROTOCOL}");
     }
-    Ok(Some(end + 4))
+    Ok(Some(len))
 }
 
 /// A masked pong echoing `payload` (client frames must be masked).

@@ -477,6 +477,28 @@ impl Server {
         SseStream::new(resp)
     }
 
+    /// A stream request over cleartext HTTP/2 (prior knowledge) on a client
+    /// of its own; returns the client too, for more requests on the same
+    /// connection.
+    pub(crate) async fn h2_stream_request(
+        &self,
+        token: &str,
+    ) -> (reqwest::Client, reqwest::Response) {
+        let h2 = reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .build()
+            .unwrap();
+        let resp = h2
+            .get(self.url("/v1/stream/telemetry"))
+            .bearer_auth(token)
+            .header("Accept", "text/event-stream")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+        (h2, resp)
+    }
+
     /// Runs `sensegate publish` for `device` with the given JSON lines.
     pub(crate) fn publish(&self, device: &str, key: &str, lines: &str) -> std::process::Output {
         self.publish_command(device, key, lines)

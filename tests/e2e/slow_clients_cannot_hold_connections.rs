@@ -122,18 +122,7 @@ async fn quiet_streams_outlive_the_idle_timeout() {
     let key = server.create_device("d").await;
     let (id, secret) = server.create_app("quiet", &["d"], false).await;
     let token = server.token(&id, &secret).await;
-    let h2 = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
-    let resp = h2
-        .get(server.url("/v1/stream/telemetry"))
-        .bearer_auth(&token)
-        .header("Accept", "text/event-stream")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    let (_h2, resp) = server.h2_stream_request(&token).await;
     let mut sse = SseStream::new(resp);
     let (mut ws, _) = connect(&server, &token, "", None).await;
 

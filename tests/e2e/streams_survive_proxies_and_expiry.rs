@@ -83,19 +83,8 @@ async fn http2_stream_leaves_the_connection_usable() {
     let server = Server::start(&[]);
     let key = server.create_device("d").await;
     let (id, secret) = server.create_app("h2", &["d"], false).await;
-    let h2 = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
     let token = server.token(&id, &secret).await;
-    let resp = h2
-        .get(server.url("/v1/stream/telemetry"))
-        .bearer_auth(&token)
-        .header("Accept", "text/event-stream")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    let (h2, resp) = server.h2_stream_request(&token).await;
     assert_eq!(resp.status(), 200);
     for forbidden in ["connection", "keep-alive", "transfer-encoding", "upgrade"] {
         assert!(resp.headers().get(forbidden).is_none(), "{forbidden} on h2");
