@@ -80,6 +80,9 @@ impl Reassembler {
     }
 }
 
+/// Header lines of a response head: (name, value), trimmed.
+pub(crate) type Headers<'b> = Vec<(&'b str, &'b str)>;
+
 /// An HTTP response head at the start of `buf`, if all of it has arrived:
 /// its header lines (name, value; trimmed) and its length, after which the
 /// body or frames follow. A status other than `expect` is an error
@@ -89,7 +92,7 @@ pub(crate) fn response_head<'b>(
     buf: &'b [u8],
     expect: &str,
     refused: &str,
-) -> Result<Option<(Vec<(&'b str, &'b str)>, usize)>> {
+) -> Result<Option<(Headers<'b>, usize)>> {
     let Some(end) = memchr::memmem::find(buf, b"\r\n\r\n") else {
         if buf.len() > 16 * 1024 {
             bail!("response head longer than 16 KiB");
