@@ -59,6 +59,13 @@ pub enum FrameError {
         /// Index of the reading.
         index: usize,
     },
+    /// A reading repeats the name of an earlier one: the event's JSON object
+    /// would have a duplicate key, which readers resolve differently.
+    #[error("reading {index} repeats an earlier reading's name")]
+    DuplicateName {
+        /// Index of the repeating reading.
+        index: usize,
+    },
     /// A reading is NaN or infinite (not representable in JSON).
     #[error("reading {index} is not a finite number")]
     NonFinite {
@@ -160,6 +167,10 @@ pub fn validate_telemetry(payload: &[u8]) -> Result<&ArchivedTelemetry, FrameErr
         }
         if !r.value.to_native().is_finite() {
             return Err(FrameError::NonFinite { index });
+        }
+        // At most MAX_READINGS (64), usually a handful: a scan beats hashing.
+        if t.readings[..index].iter().any(|e| e.name.as_str() == name) {
+            return Err(FrameError::DuplicateName { index });
         }
     }
     Ok(t)
@@ -324,6 +335,9 @@ mod tests {
         let mut t = sample(1);
         t.readings[1].value = f64::NAN;
         assert_eq!(check(t), Err(FrameError::NonFinite { index: 1 }));
+        let mut t = sample(1);
+        t.readings[1].name = t.readings[0].name.clone();
+        assert_eq!(check(t), Err(FrameError::DuplicateName { index: 1 }));
         let mut t = sample(1);
         t.readings[0].name = String::new();
         assert_eq!(check(t), Err(FrameError::BadName { index: 0 }));
