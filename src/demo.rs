@@ -25,7 +25,9 @@ pub(crate) async fn start(
     let trust = Trust::from_pem(&cert)?;
     let quic = SocketAddr::from(([127, 0, 0, 1], listener.addr.port()));
     println!();
-    println!("demo application \"Demo dashboard\" (credentials shown once per start):");
+    println!(
+        "demo application \"Demo dashboard\" (a new secret at every start; the previous one stops working):"
+    );
     println!("  client id:     {}", seed.client_id);
     println!("  client secret: {}", seed.client_secret);
     println!();
