@@ -52,11 +52,6 @@ impl Activity {
         InFlight(self.clone())
     }
 
-    /// Marks the connection as handed over to an upgraded protocol.
-    pub(crate) fn upgraded(&self) {
-        self.upgraded.store(true, Ordering::Release);
-    }
-
     /// Whether the connection has carried no request for `timeout`.
     fn idle_for(&self, timeout: Duration) -> bool {
         !self.upgraded.load(Ordering::Acquire)
@@ -71,6 +66,14 @@ impl Activity {
 /// A request in flight; see [`Activity::start`].
 #[derive(Debug)]
 pub(crate) struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    /// Marks this request's connection as handed over to an upgraded
+    /// protocol (its `101` answer was sent).
+    pub(crate) fn upgraded(&self) {
+        self.0.upgraded.store(true, Ordering::Release);
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -219,7 +222,7 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(64);
         let activity = Activity::new();
         let mut io = IdleIo::new(server, activity.clone(), Duration::from_millis(20));
-        activity.upgraded();
+        activity.start().upgraded();
         tokio::time::sleep(Duration::from_millis(40)).await;
         client.write_all(b"frame").await.unwrap();
         let mut buf = [0u8; 8];

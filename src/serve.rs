@@ -53,9 +53,6 @@ pub(crate) struct StoreArgs {
 }
 
 impl StoreArgs {
-    /// The database URL, after making sure the data dir (mode 0700) and the
-    /// default SQLite file and its journals (mode 0600) are private: the
-    /// database holds the token signing key.
     /// Like [`StoreArgs::prepare`] for a database that must exist already
     /// (the management commands): a mistyped `--data-dir` would otherwise
     /// create and bootstrap a new database and seem to succeed.
@@ -71,6 +68,9 @@ impl StoreArgs {
         self.prepare(data_dir)
     }
 
+    /// The database URL, after making sure the data dir (mode 0700) and the
+    /// default SQLite file and its journals (mode 0600) are private: the
+    /// database holds the token signing key.
     pub(crate) fn prepare(&self, data_dir: &std::path::Path) -> anyhow::Result<String> {
         private_dir(data_dir)?;
         if let Some(url) = &self.database_url {
@@ -499,12 +499,12 @@ async fn serve_until_signal(
                 move |mut req: axum::extract::Request<hyper::body::Incoming>| {
                     req.extensions_mut()
                         .insert(axum::extract::ConnectInfo(peer));
-                    let (guard, activity) = (activity.start(), activity.clone());
+                    let guard = activity.start();
                     let call = tower::ServiceExt::oneshot(app.clone(), req);
                     async move {
                         let res = call.await?;
                         if res.status() == hyper::StatusCode::SWITCHING_PROTOCOLS {
-                            activity.upgraded();
+                            guard.upgraded();
                         }
                         Ok::<_, std::convert::Infallible>(
                             res.map(|body| crate::idle::guard_body(body, guard)),

@@ -29,7 +29,7 @@ use sensegate_broker::token::{Claims, AUDIENCE};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::api::extract::{read_body, BodyError, BODY_READ_TIMEOUT};
+use crate::api::extract::{read_body, timed_out_message, BodyError};
 use crate::audit;
 use crate::error::AdminError;
 use crate::limiter::Key;
@@ -82,7 +82,7 @@ pub(crate) struct OAuthErrorBody {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum OAuthError {
     InvalidRequest(String),
-    /// The body did not arrive within [`BODY_READ_TIMEOUT`] (`408`).
+    /// The body did not arrive within [`crate::api::extract::BODY_READ_TIMEOUT`] (`408`).
     TimedOut,
     InvalidClient,
     UnsupportedGrantType,
@@ -114,10 +114,7 @@ impl IntoResponse for OAuthError {
             OAuthError::TimedOut => (
                 StatusCode::REQUEST_TIMEOUT,
                 "invalid_request",
-                format!(
-                    "request body not received within {} s",
-                    BODY_READ_TIMEOUT.as_secs()
-                ),
+                timed_out_message(),
             ),
             OAuthError::InvalidClient => (
                 StatusCode::UNAUTHORIZED,

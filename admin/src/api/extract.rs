@@ -26,10 +26,19 @@ pub(crate) const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) enum BodyError {
     /// Longer than the limit.
     TooLarge,
-    /// Not complete within [`BODY_READ_TIMEOUT`].
+    /// Not complete within [`BODY_READ_TIMEOUT`]; both the admin API and the
+    /// token endpoint answer `408` with [`timed_out_message`].
     TimedOut,
     /// The connection failed mid-body.
     Unreadable,
+}
+
+/// What a `408` for a body that did not arrive in time says.
+pub(crate) fn timed_out_message() -> String {
+    format!(
+        "request body not received within {} s",
+        BODY_READ_TIMEOUT.as_secs()
+    )
 }
 
 /// Reads a whole request body of at most `limit` bytes within

@@ -218,10 +218,7 @@ impl ApiError {
         ApiError {
             status: StatusCode::REQUEST_TIMEOUT,
             code: "request_timeout",
-            message: format!(
-                "request body not received within {} s",
-                extract::BODY_READ_TIMEOUT.as_secs()
-            ),
+            message: extract::timed_out_message(),
             field: None,
         }
     }
